@@ -1,0 +1,50 @@
+# agent-operator — everyday commands. Everything runs from a fresh clone.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+EXAMPLE ?= examples/agenttask-dag.yaml
+
+.PHONY: help venv run test test-fast lint format typecheck crds bins clean
+
+help:
+	@echo "make run    - set up, then run $(EXAMPLE) with the embedded default (no cluster, SQLite)"
+	@echo "make test   - set up, then run every test tier (lint and types included)"
+	@echo "make crds   - regenerate crds/ from the pydantic models"
+	@echo "make bins   - build the pinned control-plane binaries and helm (cached in ~/.cache)"
+
+$(BIN)/agent-operator: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+venv: $(BIN)/agent-operator
+
+run: venv
+	$(BIN)/agent-operator run -f $(EXAMPLE)
+
+test: venv
+	$(BIN)/pytest -q
+
+test-fast: venv
+	$(BIN)/pytest -q tests/core
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+typecheck: venv
+	$(BIN)/mypy
+
+crds: venv
+	$(BIN)/python -m agent_operator.crdgen crds
+
+bins:
+	bash hack/build-binaries.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

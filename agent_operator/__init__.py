@@ -1,0 +1,1 @@
+"""agent-operator: AI agents as Kubernetes custom resources, run safely."""

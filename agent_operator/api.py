@@ -1,0 +1,544 @@
+"""The resources, API group `agentoperator.io`, version `v1alpha1`.
+
+These pydantic models are the single source of truth: the CRDs in `crds/` are
+generated from them (`make crds`), the operator and the embedded runner parse
+with them, and their field descriptions are what `kubectl explain` shows.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from agent_runtime.registry import RiskLevel, Usage
+
+GROUP = "agentoperator.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+STEP_ID_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+FreeForm = Annotated[
+    dict[str, Any], Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+]
+
+# Conditions are a map keyed by type, as the Kubernetes API conventions ask: one entry per type.
+CONDITIONS_LIST: dict[str, Any] = {
+    "x-kubernetes-list-type": "map",
+    "x-kubernetes-list-map-keys": ["type"],
+}
+
+
+class ApiModel(BaseModel):
+    """camelCase on the wire, snake_case in Python, unknown fields refused."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", use_enum_values=False
+    )
+
+    def wire(self) -> dict[str, Any]:
+        """The object as the API server stores it (camelCase, no nulls)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+# --- shared -----------------------------------------------------------------
+
+
+class ConditionStatus(StrEnum):
+    true = "True"
+    false = "False"
+    unknown = "Unknown"
+
+
+class Condition(ApiModel):
+    """A condition as the Kubernetes API conventions define it."""
+
+    type: str = Field(description="Kind of condition: Planned, Approved, Progressing or Ready.")
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(description="One CamelCase word a program can match on.")
+    message: str = Field(default="", description="What happened, for a person.")
+    last_transition_time: datetime = Field(description="When status last changed.")
+    observed_generation: int | None = Field(
+        default=None, description="The spec generation this condition was set from."
+    )
+
+
+class LocalObjectReference(ApiModel):
+    """A reference to an object in the same namespace."""
+
+    name: str = Field(description="Name of the object in the same namespace.")
+
+
+class SecretKeyRef(ApiModel):
+    """One key of a Secret in the same namespace."""
+
+    name: str = Field(description="Name of a Secret in the same namespace.")
+    key: str = Field(description="Key within the Secret.")
+
+
+class RiskAssessment(ApiModel):
+    """The safety policy's verdict on one step."""
+
+    level: RiskLevel = Field(description="Risk level: safe, low, medium, high or critical.")
+    requires_approval: bool = Field(description="Whether a person must approve the step.")
+    risks: list[str] = Field(default_factory=list, description="What could go wrong.")
+    mitigations: list[str] = Field(default_factory=list, description="What limits the harm.")
+
+
+# --- AgentTask --------------------------------------------------------------
+
+
+class SafetyLevel(StrEnum):
+    strict = "strict"
+    moderate = "moderate"
+    permissive = "permissive"
+
+
+class OnReject(StrEnum):
+    skip = "skip"
+    fail = "fail"
+
+
+class Weekday(StrEnum):
+    mon = "Mon"
+    tue = "Tue"
+    wed = "Wed"
+    thu = "Thu"
+    fri = "Fri"
+    sat = "Sat"
+    sun = "Sun"
+
+
+class TimeWindow(ApiModel):
+    """A recurring window (in UTC) in which critical steps may start."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.start != self.end",
+                    "message": "a time window's start and end must differ",
+                },
+            ]
+        }
+    )
+
+    start: str = Field(
+        pattern=r"^([01]\d|2[0-3]):[0-5]\d$", max_length=5, description="Opening time, HH:MM UTC."
+    )
+    end: str = Field(
+        pattern=r"^([01]\d|2[0-3]):[0-5]\d$",
+        max_length=5,
+        description="Closing time, HH:MM UTC; before start: the window spans midnight.",
+    )
+    days: list[Weekday] = Field(
+        default_factory=lambda: list(Weekday), description="Weekdays the window opens on."
+    )
+
+
+class Step(ApiModel):
+    """One step of a plan: a tool called with parameters."""
+
+    id: str = Field(
+        pattern=STEP_ID_PATTERN,
+        max_length=40,
+        description="Unique step name (DNS label); outputs are referenced by it.",
+    )
+    tool: str = Field(min_length=1, description="Name of a tool the pool grants.")
+    params: FreeForm = Field(
+        default_factory=dict,
+        description="Tool parameters; strings may use ${steps.<id>.outputs.<key>} "
+        "and ${inputs.<key>}.",
+    )
+    depends_on: list[str] | None = Field(
+        default=None,
+        description="Steps that must finish first. Omitted: the previous step. Empty: none.",
+    )
+    when: str | None = Field(
+        default=None,
+        description="CEL condition on earlier results, e.g. `steps.check.outputs.count > 0`; "
+        "false skips the step.",
+    )
+    retries: int = Field(default=0, ge=0, le=10, description="Extra attempts after a failure.")
+    timeout_seconds: int | None = Field(
+        default=None, ge=1, le=86400, description="Per-attempt limit; default: the tool's."
+    )
+    rationale: str | None = Field(default=None, description="Why this step is in the plan.")
+
+
+class Safety(ApiModel):
+    """Which steps need a person's approval, and what a rejection does."""
+
+    level: SafetyLevel = Field(
+        default=SafetyLevel.moderate,
+        description="strict: approve medium risk and above; moderate: high and above; "
+        "permissive: critical only.",
+    )
+    require_approval_for: list[str] = Field(
+        default_factory=list,
+        description="Tool names, or risk levels (that level and above), that always need approval.",
+    )
+    on_reject: OnReject = Field(
+        default=OnReject.fail, description="A rejected step: skip it, or fail the task."
+    )
+    protected_namespaces: list[str] = Field(
+        default_factory=lambda: ["kube-system", "kube-public", "kube-node-lease"],
+        description="Namespaces that steps able to change things may touch only with approval.",
+    )
+    protected_targets: list[str] = Field(
+        default_factory=list,
+        description="Other targets (hosts, tables, resource names) treated the same way.",
+    )
+    critical_window: TimeWindow | None = Field(
+        default=None, description="If set, critical steps start only inside this window."
+    )
+    approval_timeout_seconds: int = Field(
+        default=3600, ge=1, description="How long an approval request stays open."
+    )
+
+
+class Limits(ApiModel):
+    """Budgets; exceeding one fails the task with a reason."""
+
+    max_steps: int = Field(default=50, ge=1, le=500, description="Most steps a plan may have.")
+    max_parallel: int | None = Field(
+        default=None, ge=1, description="Most steps running at once (the pool also limits)."
+    )
+    max_tokens: int | None = Field(default=None, ge=1, description="LLM token budget.")
+    max_cost_usd: float | None = Field(
+        default=None, alias="maxCostUSD", ge=0, description="LLM cost budget in US dollars."
+    )
+    active_deadline_seconds: int | None = Field(
+        default=None, ge=1, description="Wall-clock limit for the whole task."
+    )
+    backoff_seconds: float = Field(
+        default=10, ge=0, le=3600, description="First retry delay; doubles each attempt (max 10m)."
+    )
+
+
+class AgentTaskSpec(ApiModel):
+    """What to do: a goal for the planner, or explicit steps."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.goal) || (has(self.steps) && size(self.steps) > 0)",
+                    "message": "spec needs a goal or at least one step",
+                },
+                {
+                    # Equality of a map list ignores order in Kubernetes; the ids compare it.
+                    "rule": "has(self.steps) == has(oldSelf.steps) && (!has(self.steps) "
+                    "|| (self.steps == oldSelf.steps "
+                    "&& self.steps.map(s, s.id) == oldSelf.steps.map(s, s.id)))",
+                    "message": "the plan cannot be changed once the task is created; "
+                    "create a new AgentTask",
+                },
+            ]
+        }
+    )
+
+    goal: str | None = Field(default=None, description="Plain-language goal, planned by the LLM.")
+    steps: list[Step] | None = Field(
+        default=None,
+        max_length=500,
+        description="Explicit plan; with a goal too, the steps are the plan and the goal context. "
+        "Step ids are unique. Fixed once the task is created.",
+        # A map list keyed by id: the API server refuses duplicate ids itself, at no CEL cost
+        # (a CEL uniqueness check is quadratic and exceeds the per-call budget near 500 steps).
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["id"]},
+    )
+    pool_ref: LocalObjectReference = Field(
+        default_factory=lambda: LocalObjectReference(name="default"),
+        description="The AgentPool that supplies image, model, tools and capacity.",
+    )
+    safety: Safety = Field(default_factory=Safety, description="Approval policy.")
+    limits: Limits = Field(default_factory=Limits, description="Budgets and deadlines.")
+    inputs: FreeForm = Field(
+        default_factory=dict, description="Free-form values for the planner and the steps."
+    )
+    suspend: bool = Field(default=False, description="Start nothing new while true.")
+
+
+class TaskPhase(StrEnum):
+    pending = "Pending"
+    planning = "Planning"
+    waiting_approval = "WaitingApproval"
+    running = "Running"
+    succeeded = "Succeeded"
+    failed = "Failed"
+    cancelled = "Cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (TaskPhase.succeeded, TaskPhase.failed, TaskPhase.cancelled)
+
+
+class StepPhase(StrEnum):
+    pending = "Pending"
+    waiting_approval = "WaitingApproval"
+    queued = "Queued"
+    running = "Running"
+    retrying = "Retrying"
+    succeeded = "Succeeded"
+    failed = "Failed"
+    skipped = "Skipped"
+
+    @property
+    def done(self) -> bool:
+        return self in (StepPhase.succeeded, StepPhase.failed, StepPhase.skipped)
+
+
+class PlannedStep(Step):
+    """A validated step: dependencies made explicit and the safety verdict attached."""
+
+    depends_on: list[str] = Field(default_factory=list, description="Steps that must finish first.")
+    timeout_seconds: int = Field(ge=1, description="Per-attempt limit in seconds.")
+    risk: RiskAssessment = Field(description="The safety policy's verdict.")
+
+
+class StepStatus(ApiModel):
+    """Where one step stands; the full record is in the checkpoint store."""
+
+    id: str = Field(description="The step's id.")
+    phase: StepPhase = Field(description="Where the step stands.")
+    attempt: int = Field(default=0, description="Attempts started so far.")
+    job_name: str | None = Field(default=None, description="The Job running the current attempt.")
+    started_at: datetime | None = Field(default=None, description="When the first attempt started.")
+    finished_at: datetime | None = Field(default=None, description="When the step finished.")
+    reason: str | None = Field(default=None, description="One CamelCase word: why the phase.")
+    message: str | None = Field(default=None, description="Short result or error summary.")
+
+
+class CheckpointRef(ApiModel):
+    """The last checkpoint written to the store; a restarted operator resumes from it."""
+
+    id: int = Field(description="Increases with every checkpoint.")
+    step: str | None = Field(default=None, description="The step that completed last.")
+    time: datetime = Field(description="When the checkpoint was written.")
+
+
+class AgentTaskStatus(ApiModel):
+    """What the operator observed; written by the operator only."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    phase: TaskPhase = Field(default=TaskPhase.pending, description="Where the task stands.")
+    reason: str | None = Field(default=None, description="One CamelCase word: why the phase.")
+    message: str | None = Field(default=None, description="Why the phase, for a person.")
+    observed_generation: int | None = Field(
+        default=None, description="The spec generation this status was computed from."
+    )
+    current_step: str | None = Field(default=None, description="Running or waiting steps.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Planned, Approved, Progressing and Ready.",
+        json_schema_extra=CONDITIONS_LIST,
+    )
+    plan: list[PlannedStep] | None = Field(
+        default=None, description="The validated plan, with each step's risk and approval need."
+    )
+    steps: list[StepStatus] = Field(default_factory=list, description="Progress of each step.")
+    checkpoint: CheckpointRef | None = Field(default=None, description="The last checkpoint.")
+    usage: Usage = Field(default_factory=Usage, description="Tokens and cost, planning included.")
+    planning_usage: Usage | None = Field(default=None, description="What planning spent.")
+    outputs: FreeForm = Field(default_factory=dict, description="Outputs of the final steps.")
+    start_time: datetime | None = Field(default=None, description="When the task started.")
+    completion_time: datetime | None = Field(default=None, description="When the task finished.")
+
+
+class ObjectMeta(BaseModel):
+    """The parts of metadata the operator reads."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="allow", alias_generator=to_camel)
+
+    name: str = Field(pattern=NAME_PATTERN, max_length=253)
+    namespace: str = "default"
+    uid: str | None = None
+    generation: int = 1
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    creation_timestamp: datetime | None = None
+    deletion_timestamp: datetime | None = None
+
+
+class AgentTask(ApiModel):
+    """A unit of agent work: planned, checked against policy, run step by step as Jobs."""
+
+    api_version: Literal["agentoperator.io/v1alpha1"] = "agentoperator.io/v1alpha1"
+    kind: Literal["AgentTask"] = "AgentTask"
+    metadata: ObjectMeta
+    spec: AgentTaskSpec
+    status: AgentTaskStatus = Field(default_factory=AgentTaskStatus)
+
+
+# --- ApprovalRequest --------------------------------------------------------
+
+
+class Decision(StrEnum):
+    approved = "Approved"
+    rejected = "Rejected"
+
+
+class ApprovalPhase(StrEnum):
+    pending = "Pending"
+    approved = "Approved"
+    rejected = "Rejected"
+    expired = "Expired"
+
+
+class TaskRef(ApiModel):
+    """The AgentTask a request belongs to."""
+
+    name: str = Field(description="Name of the AgentTask in the same namespace.")
+    uid: str | None = Field(
+        default=None, description="Its uid, so a recreated task is not confused."
+    )
+
+
+class ApprovalRequestSpec(ApiModel):
+    """A step waiting for a person. The operator fills all but decision and reason."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(oldSelf.decision) || (has(self.decision) "
+                    "&& self.decision == oldSelf.decision)",
+                    "message": "a decision cannot be changed once made",
+                },
+            ]
+        }
+    )
+
+    task_ref: TaskRef = Field(description="The AgentTask the step belongs to.")
+    step_id: str = Field(description="The step waiting for approval.")
+    tool: str = Field(description="The tool the step calls.")
+    params: FreeForm = Field(default_factory=dict, description="Parameters, secrets redacted.")
+    risk: RiskAssessment = Field(description="Why approval is needed.")
+    expires_at: datetime = Field(description="After this time the step fails (ApprovalExpired).")
+    decision: Decision | None = Field(
+        default=None, description="Set by a person: Approved or Rejected."
+    )
+    reason: str | None = Field(default=None, description="Why, in the approver's words.")
+
+
+class ApprovalRequestStatus(ApiModel):
+    """The outcome of the request."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    phase: ApprovalPhase = Field(default=ApprovalPhase.pending, description="Where it stands.")
+    decided_by: str | None = Field(default=None, description="Recorded by the API server.")
+    decided_at: datetime | None = Field(default=None, description="When the decision was made.")
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Conditions.", json_schema_extra=CONDITIONS_LIST
+    )
+
+
+class ApprovalRequest(ApiModel):
+    """A request for a person to approve or reject one step."""
+
+    api_version: Literal["agentoperator.io/v1alpha1"] = "agentoperator.io/v1alpha1"
+    kind: Literal["ApprovalRequest"] = "ApprovalRequest"
+    metadata: ObjectMeta
+    spec: ApprovalRequestSpec
+    status: ApprovalRequestStatus = Field(default_factory=ApprovalRequestStatus)
+
+
+# --- AgentPool --------------------------------------------------------------
+
+
+class PoolModel(ApiModel):
+    """The OpenAI-compatible endpoint agents of this pool use."""
+
+    base_url: str | None = Field(
+        default=None, alias="baseURL", description="API base URL; default: OpenAI's."
+    )
+    model: str = Field(default="gpt-4o-mini", description="Model name.")
+    api_key_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret key holding the API key."
+    )
+    temperature: float | None = Field(default=None, ge=0, le=2, description="Sampling temperature.")
+    max_tokens: int | None = Field(default=None, ge=1, description="Completion token cap.")
+    timeout_seconds: float = Field(default=60, gt=0, description="Per-request timeout.")
+
+
+class JobTemplate(ApiModel):
+    """The parts of the step Job's pod the pool decides."""
+
+    image: str = Field(default="agent-runtime:latest", description="The agent runtime image.")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
+        default=None, description="When the kubelet pulls the image."
+    )
+    service_account_name: str | None = Field(
+        default=None, description="The service account step pods run as."
+    )
+    resources: FreeForm | None = Field(
+        default=None, description="Container resources (requests, limits), as in a Pod."
+    )
+    env: list[FreeForm] | None = Field(default=None, description="Container env, as in a Pod.")
+    env_from: list[FreeForm] | None = Field(
+        default=None, description="Container envFrom, as in a Pod."
+    )
+    node_selector: dict[str, str] | None = Field(
+        default=None, description="Node labels step pods must match."
+    )
+    tolerations: list[FreeForm] | None = Field(default=None, description="Pod tolerations.")
+    security_context: FreeForm | None = Field(
+        default=None, description="Container securityContext, as in a Pod."
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        default=3600, ge=0, description="Finished Jobs are deleted after this many seconds."
+    )
+
+
+class AgentPoolSpec(ApiModel):
+    """Capacity, Job template, model and tools of the pool."""
+
+    replicas: int = Field(default=1, ge=0, description="Most step Jobs of this pool at once.")
+    template: JobTemplate = Field(default_factory=JobTemplate, description="Step Job template.")
+    model: PoolModel | None = Field(
+        default=None, description="LLM settings for planning and tools."
+    )
+    tools: list[str] | None = Field(
+        default=None, description="Tools agents of this pool may use; omitted: all registered."
+    )
+    capabilities: list[str] | None = Field(
+        default=None,
+        description="Capabilities granted; omitted: all. A tool needing more is refused.",
+    )
+
+
+class AgentPoolStatus(ApiModel):
+    """Capacity in use, as the operator last saw it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    replicas: int = Field(default=0, description="Step Jobs of this pool now running (scale).")
+    running: int = Field(default=0, description="Steps running.")
+    queued: int = Field(default=0, description="Steps waiting for capacity.")
+    selector: str | None = Field(
+        default=None, description="Label selector of the pool's step pods (scale)."
+    )
+    observed_generation: int | None = Field(
+        default=None, description="The spec generation this status was computed from."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Conditions.", json_schema_extra=CONDITIONS_LIST
+    )
+
+
+class AgentPool(ApiModel):
+    """Capacity, Job template, model and tools for the steps of AgentTasks."""
+
+    api_version: Literal["agentoperator.io/v1alpha1"] = "agentoperator.io/v1alpha1"
+    kind: Literal["AgentPool"] = "AgentPool"
+    metadata: ObjectMeta
+    spec: AgentPoolSpec = Field(default_factory=AgentPoolSpec)
+    status: AgentPoolStatus = Field(default_factory=AgentPoolStatus)

@@ -1,0 +1,73 @@
+"""Status conditions as the Kubernetes API conventions define them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from agent_operator.api import (
+    AgentTask,
+    AgentTaskStatus,
+    Condition,
+    ConditionStatus,
+    StepPhase,
+    TaskPhase,
+)
+
+T, F, U = ConditionStatus.true, ConditionStatus.false, ConditionStatus.unknown
+
+
+def set_condition(conditions: list[Condition], new: Condition) -> list[Condition]:
+    """Replace the condition of the same type; keep lastTransitionTime if status did not change."""
+    old = next((c for c in conditions if c.type == new.type), None)
+    if old is not None and old.status == new.status:
+        new = new.model_copy(update={"last_transition_time": old.last_transition_time})
+    return [c for c in conditions if c.type != new.type] + [new]
+
+
+def task_conditions(status: AgentTaskStatus, task: AgentTask, now: datetime) -> list[Condition]:
+    """Planned, Approved, Progressing and Ready, derived from the status."""
+    gen = task.metadata.generation
+    phase = status.phase
+
+    def cond(kind: str, state: ConditionStatus, reason: str, message: str = "") -> Condition:
+        return Condition(
+            type=kind,
+            status=state,
+            reason=reason,
+            message=message,
+            last_transition_time=now,
+            observed_generation=gen,
+        )
+
+    if status.plan is not None:
+        planned = cond("Planned", T, "Planned", f"{len(status.plan)} steps")
+    elif phase == TaskPhase.failed:
+        planned = cond("Planned", F, status.reason or "PlanningFailed", status.message or "")
+    else:
+        planned = cond("Planned", U, "Planning", "waiting for a plan")
+
+    waiting = [s.id for s in status.steps if s.phase == StepPhase.waiting_approval]
+    rejected = [s.id for s in status.steps if s.reason in ("ApprovalRejected", "ApprovalExpired")]
+    if waiting:
+        approved = cond("Approved", F, "WaitingForApproval", "waiting: " + ", ".join(waiting))
+    elif rejected:
+        approved = cond("Approved", F, "ApprovalRejected", "not approved: " + ", ".join(rejected))
+    else:
+        approved = cond("Approved", T, "NoApprovalPending", "no step waits for approval")
+
+    if phase.terminal:
+        progressing = cond("Progressing", F, status.reason or phase.value, status.message or "")
+    elif status.reason == "Suspended":
+        progressing = cond("Progressing", F, "Suspended", status.message or "")
+    else:
+        progressing = cond("Progressing", T, status.reason or phase.value, status.message or "")
+
+    if phase == TaskPhase.succeeded:
+        ready = cond("Ready", T, "Succeeded", status.message or "")
+    else:
+        ready = cond("Ready", F, status.reason or phase.value, status.message or "")
+
+    conditions = list(status.conditions)
+    for new in (planned, approved, progressing, ready):
+        conditions = set_condition(conditions, new)
+    return conditions

@@ -1,0 +1,684 @@
+"""decide(): from what is observed about a task to its new status and the actions to take.
+
+Pure and level-based: the same observation always gives the same decision, so a
+restarted operator (or the embedded runner after `--resume`) simply observes
+again and carries on. Attempts are numbered, and an attempt is started only when
+no run of it has been observed, so no step runs twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from graphlib import TopologicalSorter
+from typing import Any
+
+from agent_operator.api import (
+    AgentPoolSpec,
+    AgentTask,
+    AgentTaskStatus,
+    ApprovalPhase,
+    CheckpointRef,
+    OnReject,
+    PlannedStep,
+    RiskAssessment,
+    StepPhase,
+    StepStatus,
+    TaskPhase,
+)
+from agent_operator.core.conditions import task_conditions
+from agent_operator.core.plan import InvalidPlan, build_plan
+from agent_operator.core.safety import in_window, next_window_open
+from agent_operator.core.summary import summarize
+from agent_operator.core.templating import (
+    MissingReference,
+    WhenError,
+    evaluate_condition,
+    substitute,
+)
+from agent_runtime.registry import RiskLevel, ToolRegistry, Usage
+
+MAX_BACKOFF = timedelta(minutes=10)
+
+
+class RunState(StrEnum):
+    running = "Running"
+    succeeded = "Succeeded"
+    failed = "Failed"
+
+
+@dataclass(frozen=True)
+class StepRun:
+    """One observed attempt of a step (a Job, a local process, or its stored record)."""
+
+    step_id: str
+    attempt: int
+    state: RunState
+    started_at: datetime
+    finished_at: datetime | None = None
+    outputs: Mapping[str, Any] = field(default_factory=dict)
+    message: str = ""
+    reason: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    job_name: str | None = None
+
+
+@dataclass(frozen=True)
+class ApprovalView:
+    """The observed state of a step's ApprovalRequest."""
+
+    step_id: str
+    phase: ApprovalPhase
+    expires_at: datetime
+    decided_by: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class PlanningResult:
+    """What the LLM planner returned: a validated plan, or why there is none."""
+
+    plan: list[PlannedStep] | None
+    usage: Usage = field(default_factory=Usage)
+    reason: str | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything decide() may look at."""
+
+    task: AgentTask
+    now: datetime
+    pool: AgentPoolSpec
+    registry: ToolRegistry
+    runs: Sequence[StepRun] = ()
+    approvals: Mapping[str, ApprovalView] = field(default_factory=dict)
+    free_slots: int | None = None  # None: the executor has no pool limit
+    planning: PlanningResult | None = None
+
+
+@dataclass(frozen=True)
+class PlanWithLLM:
+    """Ask the LLM planner for a plan; feed the answer back as Observed.planning."""
+
+
+@dataclass(frozen=True)
+class StartStep:
+    step_id: str
+    attempt: int
+    tool: str
+    params: dict[str, Any]
+    timeout_seconds: int
+    requires_approval: bool
+    approved_by: str | None
+
+
+@dataclass(frozen=True)
+class StopStep:
+    step_id: str
+    attempt: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class RequestApproval:
+    step_id: str
+    tool: str
+    params: dict[str, Any]
+    risk: RiskAssessment
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class ExpireApproval:
+    step_id: str
+
+
+Action = PlanWithLLM | StartStep | StopStep | RequestApproval | ExpireApproval
+
+
+class EventKind(StrEnum):
+    planned = "planned"
+    approval_requested = "approval_requested"
+    approval_decided = "approval_decided"
+    step_started = "step_started"
+    step_finished = "step_finished"
+    step_retried = "step_retried"
+    step_failed = "step_failed"
+    task_finished = "task_finished"
+    task_cancelled = "task_cancelled"
+
+
+@dataclass(frozen=True)
+class Event:
+    """A transition worth telling a person about (Kubernetes Event, store audit log)."""
+
+    kind: EventKind
+    reason: str
+    message: str
+    step_id: str | None = None
+    attempt: int | None = None
+    warning: bool = False
+
+    @property
+    def key(self) -> str:
+        """Same transition, same key: recording it twice is a no-op."""
+        return f"{self.kind}/{self.step_id or ''}/{self.attempt or 0}/{self.reason}"
+
+
+@dataclass(frozen=True)
+class Decision:
+    status: AgentTaskStatus
+    actions: list[Action]
+    events: list[Event]
+    requeue_at: datetime | None = None
+    queued: list[str] = field(default_factory=list)
+
+    def checkpointed(self, before: AgentTaskStatus) -> bool:
+        return self.status.checkpoint != before.checkpoint
+
+
+@dataclass
+class _StepView:
+    """Where a step stands in this decision."""
+
+    phase: StepPhase
+    attempt: int = 0
+    reason: str | None = None
+    message: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    job_name: str | None = None
+    outputs: Mapping[str, Any] = field(default_factory=dict)
+
+
+def backoff(base_seconds: float, failed_attempt: int) -> timedelta:
+    """Delay before the next attempt: base, doubled per failed attempt, capped."""
+    return min(timedelta(seconds=base_seconds * 2 ** (failed_attempt - 1)), MAX_BACKOFF)
+
+
+def decide(observed: Observed) -> Decision:
+    task = observed.task
+    if task.status.phase.terminal:
+        return Decision(status=task.status, actions=[], events=[])
+    status = task.status.model_copy(deep=True)
+    status.observed_generation = task.metadata.generation
+    actions: list[Action] = []
+    if status.plan is None:
+        if task.metadata.deletion_timestamp is not None:
+            return _finish(observed, status, [], TaskPhase.cancelled, "Cancelled", "deleted")
+        planning = _plan(observed, status)
+        if planning is not None:
+            return planning
+    return _run(observed, status, actions)
+
+
+def _plan(observed: Observed, status: AgentTaskStatus) -> Decision | None:
+    """Put a plan into the status, or return the decision that waits for or fails it."""
+    spec = observed.task.spec
+    if spec.steps:
+        try:
+            status.plan = build_plan(spec.steps, spec, observed.pool, observed.registry)
+        except InvalidPlan as error:
+            return _fail_planning(observed, status, "InvalidPlan", str(error))
+    elif observed.planning is None:
+        status.phase = TaskPhase.planning
+        status.conditions = task_conditions(status, observed.task, observed.now)
+        return Decision(status=status, actions=[PlanWithLLM()], events=[])
+    else:
+        status.planning_usage = observed.planning.usage
+        status.usage = observed.planning.usage
+        if observed.planning.plan is None:
+            return _fail_planning(
+                observed,
+                status,
+                observed.planning.reason or "PlanningFailed",
+                observed.planning.message or "the planner returned no plan",
+            )
+        status.plan = observed.planning.plan
+    status.start_time = status.start_time or observed.now
+    return None
+
+
+def _fail_planning(
+    observed: Observed, status: AgentTaskStatus, reason: str, message: str
+) -> Decision:
+    return _finish(observed, status, [], TaskPhase.failed, reason, message)
+
+
+def _finish(
+    observed: Observed,
+    status: AgentTaskStatus,
+    actions: list[Action],
+    phase: TaskPhase,
+    reason: str,
+    message: str,
+) -> Decision:
+    before = observed.task.status
+    status.phase, status.reason, status.message = phase, reason, message
+    status.completion_time = observed.now
+    status.current_step = None
+    status.conditions = task_conditions(status, observed.task, observed.now)
+    status.checkpoint = _next_checkpoint(before, status, observed.now, force=True)
+    return Decision(status=status, actions=actions, events=_events(before, status))
+
+
+def _runs_by_step(runs: Sequence[StepRun]) -> dict[str, list[StepRun]]:
+    grouped: dict[str, list[StepRun]] = {}
+    for run in sorted(runs, key=lambda r: r.attempt):
+        grouped.setdefault(run.step_id, []).append(run)
+    return grouped
+
+
+def _timed_out(run: StepRun, step: PlannedStep, now: datetime) -> bool:
+    return run.state == RunState.running and now >= run.started_at + timedelta(
+        seconds=step.timeout_seconds
+    )
+
+
+def _run(observed: Observed, status: AgentTaskStatus, actions: list[Action]) -> Decision:
+    task, now = observed.task, observed.now
+    spec = task.spec
+    plan = status.plan or []
+    runs = _runs_by_step(observed.runs)
+    running = [r for rs in runs.values() for r in rs if r.state == RunState.running]
+    status.usage = sum(
+        (r.usage for rs in runs.values() for r in rs), status.planning_usage or Usage()
+    )
+    stop_all: list[Action] = [StopStep(r.step_id, r.attempt, "TaskEnded") for r in running]
+
+    if task.metadata.deletion_timestamp is not None:
+        return _finish(observed, status, stop_all, TaskPhase.cancelled, "Cancelled", "deleted")
+    limit = _limit_exceeded(observed, status)
+    if limit:
+        return _finish(observed, status, stop_all, TaskPhase.failed, *limit)
+
+    views: dict[str, _StepView] = {}
+    wake: list[datetime] = []
+    ready: list[tuple[PlannedStep, int, dict[str, Any]]] = []
+    by_id = {s.id: s for s in plan}
+    order = TopologicalSorter({s.id: s.depends_on for s in plan}).static_order()
+    for step_id in order:
+        step = by_id[step_id]
+        view, start = _step_view(observed, step, runs.get(step_id, []), views, actions, wake)
+        views[step_id] = view
+        if start is not None:
+            ready.append((step, *start))
+
+    failed = [sid for sid, v in views.items() if v.phase == StepPhase.failed]
+    in_flight = sum(1 for v in views.values() if v.phase == StepPhase.running)
+    queued: list[str] = []
+    if not failed and not spec.suspend:
+        slots = _slots(observed, in_flight)
+        ready.sort(key=lambda r: plan.index(r[0]))
+        for step, attempt, params in ready:
+            if slots <= 0:
+                views[step.id].phase, views[step.id].reason = StepPhase.queued, "WaitingForCapacity"
+                queued.append(step.id)
+                continue
+            slots -= 1
+            wake.append(now + timedelta(seconds=step.timeout_seconds))
+            approval = observed.approvals.get(step.id)
+            actions.append(
+                StartStep(
+                    step_id=step.id,
+                    attempt=attempt,
+                    tool=step.tool,
+                    params=params,
+                    timeout_seconds=step.timeout_seconds,
+                    requires_approval=step.risk.requires_approval,
+                    approved_by=approval.decided_by if approval else None,
+                )
+            )
+            views[step.id] = _StepView(
+                phase=StepPhase.running,
+                attempt=attempt,
+                started_at=now,
+                reason="Starting",
+                message=None,
+            )
+    elif spec.suspend:
+        actions = [a for a in actions if not isinstance(a, RequestApproval)]
+
+    status.steps = [
+        _step_status(task.metadata.uid or task.metadata.name, s.id, views[s.id]) for s in plan
+    ]
+    status.outputs = _final_outputs(plan, views)
+    active = [
+        s.id for s in plan if views[s.id].phase in (StepPhase.running, StepPhase.waiting_approval)
+    ]
+    status.current_step = ",".join(active) or None
+
+    if failed:
+        if not any(v.phase == StepPhase.running for v in views.values()):
+            first = views[failed[0]]
+            reason = (
+                first.reason
+                if first.reason in ("ApprovalExpired", "ApprovalRejected")
+                else "StepFailed"
+            )
+            message = f"step {failed[0]!r} failed: {first.message or first.reason}"
+            return _finish(observed, status, actions, TaskPhase.failed, reason, message)
+    elif all(v.phase.done for v in views.values()):
+        return _finish(
+            observed, status, actions, TaskPhase.succeeded, "Succeeded", _done_message(views)
+        )
+
+    if any(v.phase == StepPhase.running for v in views.values()) or not any(
+        v.phase == StepPhase.waiting_approval for v in views.values()
+    ):
+        status.phase = TaskPhase.running
+    else:
+        status.phase = TaskPhase.waiting_approval
+    status.reason, status.message = _progress(views, spec.suspend)
+    status.conditions = task_conditions(status, task, now)
+    status.checkpoint = _next_checkpoint(task.status, status, now)
+    if spec.limits.active_deadline_seconds and status.start_time:
+        wake.append(status.start_time + timedelta(seconds=spec.limits.active_deadline_seconds))
+    return Decision(
+        status=status,
+        actions=actions,
+        events=_events(task.status, status),
+        requeue_at=min((w for w in wake if w > now), default=None),
+        queued=queued,
+    )
+
+
+def _limit_exceeded(observed: Observed, status: AgentTaskStatus) -> tuple[str, str] | None:
+    limits = observed.task.spec.limits
+    start = status.start_time or observed.now
+    if limits.active_deadline_seconds is not None and observed.now >= start + timedelta(
+        seconds=limits.active_deadline_seconds
+    ):
+        return (
+            "DeadlineExceeded",
+            f"the task ran longer than spec.limits.activeDeadlineSeconds "
+            f"({limits.active_deadline_seconds}s)",
+        )
+    if limits.max_tokens is not None and status.usage.tokens > limits.max_tokens:
+        return (
+            "BudgetExceeded",
+            f"used {status.usage.tokens} tokens; spec.limits.maxTokens is {limits.max_tokens}",
+        )
+    if limits.max_cost_usd is not None and status.usage.cost_usd > limits.max_cost_usd:
+        return (
+            "BudgetExceeded",
+            f"spent ${status.usage.cost_usd:.4f}; spec.limits.maxCostUSD is {limits.max_cost_usd}",
+        )
+    return None
+
+
+def _slots(observed: Observed, in_flight: int) -> int:
+    limits = observed.task.spec.limits
+    slots = observed.free_slots if observed.free_slots is not None else 1 << 30
+    if limits.max_parallel is not None:
+        slots = min(slots, limits.max_parallel - in_flight)
+    return slots
+
+
+def _step_view(
+    observed: Observed,
+    step: PlannedStep,
+    runs: list[StepRun],
+    views: Mapping[str, _StepView],
+    actions: list[Action],
+    wake: list[datetime],
+) -> tuple[_StepView, tuple[int, dict[str, Any]] | None]:
+    """A step's view, and (attempt, params) when it should start now."""
+    now = observed.now
+    if runs:
+        latest = runs[-1]
+        view = _StepView(
+            phase=StepPhase.running,
+            attempt=latest.attempt,
+            started_at=latest.started_at,
+            finished_at=latest.finished_at,
+            job_name=latest.job_name,
+            message=latest.message or None,
+            reason=latest.reason,
+        )
+        if latest.state == RunState.succeeded:
+            view.phase, view.outputs, view.reason = StepPhase.succeeded, latest.outputs, "Succeeded"
+            view.message = summarize(latest.outputs)
+            return view, None
+        if latest.state == RunState.running and not _timed_out(latest, step, now):
+            wake.append(latest.started_at + timedelta(seconds=step.timeout_seconds))
+            return view, None
+        if latest.state == RunState.running:
+            actions.append(StopStep(step.id, latest.attempt, "TimedOut"))
+            view.finished_at = latest.started_at + timedelta(seconds=step.timeout_seconds)
+            view.reason = "TimedOut"
+            view.message = f"attempt {latest.attempt} timed out after {step.timeout_seconds}s"
+        if latest.attempt > step.retries:
+            view.phase, view.reason = StepPhase.failed, view.reason or "Failed"
+            view.message = _attempts_message(latest.attempt, view.message)
+            return view, None
+        retry_at = (view.finished_at or now) + backoff(
+            observed.task.spec.limits.backoff_seconds, latest.attempt
+        )
+        if now < retry_at:
+            view.phase, view.reason = StepPhase.retrying, "BackingOff"
+            view.message = (
+                f"attempt {latest.attempt} failed ({view.message}); next at {retry_at:%H:%M:%S}"
+            )
+            wake.append(retry_at)
+            return view, None
+        return _prepare(observed, step, views, latest.attempt + 1, actions, wake)
+    return _prepare(observed, step, views, 1, actions, wake)
+
+
+def _attempts_message(attempts: int, last: str | None) -> str:
+    plural = "attempt" if attempts == 1 else "attempts"
+    return f"failed after {attempts} {plural}: {last or 'no message'}"
+
+
+def _prepare(
+    observed: Observed,
+    step: PlannedStep,
+    views: Mapping[str, _StepView],
+    attempt: int,
+    actions: list[Action],
+    wake: list[datetime],
+) -> tuple[_StepView, tuple[int, dict[str, Any]] | None]:
+    """Whether a step with no run in flight may start: dependencies, when, params, approval."""
+    spec, now = observed.task.spec, observed.now
+    deps = [views[d] for d in step.depends_on]
+    pending = _StepView(phase=StepPhase.pending, attempt=attempt - 1)
+    if any(not d.phase.done for d in deps) or any(d.phase == StepPhase.failed for d in deps):
+        pending.reason = "WaitingForDependencies"
+        return pending, None
+    outputs = {sid: v.outputs for sid, v in views.items() if v.phase == StepPhase.succeeded}
+    if step.when is not None and attempt == 1:
+        try:
+            if not evaluate_condition(
+                step.when, outputs, {sid: v.phase.value for sid, v in views.items()}, spec.inputs
+            ):
+                return _StepView(
+                    StepPhase.skipped, reason="ConditionFalse", message=f"when: {step.when}"
+                ), None
+        except WhenError as error:
+            return _StepView(StepPhase.failed, reason="WhenError", message=f"when {error}"), None
+    try:
+        params = substitute(step.params, outputs, spec.inputs)
+    except MissingReference as error:
+        return _StepView(StepPhase.failed, reason="MissingOutput", message=f"params: {error}"), None
+    if step.risk.requires_approval:
+        gate = _approval_gate(observed, step, params, actions, wake)
+        if gate is not None:
+            gate.attempt = attempt - 1
+            return gate, None
+    window = spec.safety.critical_window
+    if step.risk.level == RiskLevel.critical and window and not in_window(window, now):
+        opens = next_window_open(window, now)
+        wake.append(opens)
+        pending.reason, pending.message = (
+            "OutsideChangeWindow",
+            f"starts at {opens:%Y-%m-%d %H:%M} UTC",
+        )
+        return pending, None
+    return pending, (attempt, params)
+
+
+def _approval_gate(
+    observed: Observed,
+    step: PlannedStep,
+    params: dict[str, Any],
+    actions: list[Action],
+    wake: list[datetime],
+) -> _StepView | None:
+    """None when the step is approved; otherwise the view that holds or ends it."""
+    approval, now = observed.approvals.get(step.id), observed.now
+    safety = observed.task.spec.safety
+    if approval is None:
+        expires = now + timedelta(seconds=safety.approval_timeout_seconds)
+        actions.append(RequestApproval(step.id, step.tool, params, step.risk, expires))
+        wake.append(expires)
+        return _StepView(
+            StepPhase.waiting_approval, reason="WaitingForApproval", message=_why(step)
+        )
+    if approval.phase == ApprovalPhase.approved:
+        return None
+    if approval.phase == ApprovalPhase.rejected:
+        by = f" by {approval.decided_by}" if approval.decided_by else ""
+        why = f": {approval.reason}" if approval.reason else ""
+        message = f"rejected{by}{why}"
+        if safety.on_reject == OnReject.skip:
+            return _StepView(StepPhase.skipped, reason="ApprovalRejected", message=message)
+        return _StepView(StepPhase.failed, reason="ApprovalRejected", message=message)
+    if approval.phase == ApprovalPhase.expired or now >= approval.expires_at:
+        if approval.phase != ApprovalPhase.expired:
+            actions.append(ExpireApproval(step.id))
+        return _StepView(
+            StepPhase.failed,
+            reason="ApprovalExpired",
+            message=f"no decision before {approval.expires_at:%Y-%m-%d %H:%M:%S} UTC",
+        )
+    wake.append(approval.expires_at)
+    return _StepView(StepPhase.waiting_approval, reason="WaitingForApproval", message=_why(step))
+
+
+def _why(step: PlannedStep) -> str:
+    return f"{step.risk.level} risk: " + ("; ".join(step.risk.risks) or step.tool)
+
+
+def _step_status(task_uid: str, step_id: str, view: _StepView) -> StepStatus:
+    return StepStatus(
+        id=step_id,
+        phase=view.phase,
+        attempt=view.attempt,
+        job_name=view.job_name,
+        started_at=view.started_at,
+        finished_at=view.finished_at
+        if view.phase.done or view.phase == StepPhase.retrying
+        else None,
+        reason=view.reason,
+        message=view.message,
+    )
+
+
+def _final_outputs(plan: list[PlannedStep], views: Mapping[str, _StepView]) -> dict[str, Any]:
+    """Outputs of the steps nothing depends on: what the task produced."""
+    needed = {d for s in plan for d in s.depends_on}
+    return {
+        s.id: dict(views[s.id].outputs)
+        for s in plan
+        if s.id not in needed and views[s.id].phase == StepPhase.succeeded
+    }
+
+
+def _done_message(views: Mapping[str, _StepView]) -> str:
+    ran = sum(1 for v in views.values() if v.phase == StepPhase.succeeded)
+    skipped = sum(1 for v in views.values() if v.phase == StepPhase.skipped)
+    return f"{ran} steps succeeded" + (f", {skipped} skipped" if skipped else "")
+
+
+def _progress(views: Mapping[str, _StepView], suspended: bool) -> tuple[str, str]:
+    if suspended:
+        return "Suspended", "spec.suspend is true: running steps finish, nothing new starts"
+    waiting = [sid for sid, v in views.items() if v.phase == StepPhase.waiting_approval]
+    if waiting and not any(v.phase == StepPhase.running for v in views.values()):
+        return "WaitingForApproval", f"waiting for approval of: {', '.join(sorted(waiting))}"
+    done = sum(1 for v in views.values() if v.phase.done)
+    return "StepsRunning", f"{done} of {len(views)} steps done"
+
+
+def _next_checkpoint(
+    before: AgentTaskStatus, after: AgentTaskStatus, now: datetime, force: bool = False
+) -> CheckpointRef | None:
+    """A new checkpoint after planning and after every step that finished."""
+    done_before = {s.id for s in before.steps if s.phase.done}
+    newly_done = [s.id for s in after.steps if s.phase.done and s.id not in done_before]
+    planned_now = before.plan is None and after.plan is not None
+    if not (newly_done or planned_now or force):
+        return before.checkpoint
+    number = before.checkpoint.id + 1 if before.checkpoint else 1
+    last = newly_done[-1] if newly_done else (before.checkpoint.step if before.checkpoint else None)
+    return CheckpointRef(id=number, step=last, time=now)
+
+
+def _events(before: AgentTaskStatus, after: AgentTaskStatus) -> list[Event]:
+    """The transitions between two statuses, as events."""
+    events: list[Event] = []
+    if before.plan is None and after.plan is not None:
+        approvals = sum(1 for s in after.plan if s.risk.requires_approval)
+        events.append(
+            Event(
+                EventKind.planned, "Planned", f"{len(after.plan)} steps, {approvals} need approval"
+            )
+        )
+    old = {s.id: s for s in before.steps}
+    for step in after.steps:
+        prev = old.get(step.id)
+        if prev is not None and (prev.phase, prev.attempt) == (step.phase, step.attempt):
+            continue
+        events += _step_events(prev, step)
+    if after.phase.terminal and not before.phase.terminal:
+        kind = (
+            EventKind.task_cancelled
+            if after.phase == TaskPhase.cancelled
+            else EventKind.task_finished
+        )
+        events.append(
+            Event(
+                kind,
+                after.reason or after.phase.value,
+                after.message or "",
+                warning=after.phase != TaskPhase.succeeded,
+            )
+        )
+    return events
+
+
+def _step_events(prev: StepStatus | None, step: StepStatus) -> list[Event]:
+    sid, attempt, text = step.id, step.attempt, step.message or ""
+    was = prev.phase if prev else StepPhase.pending
+    events = []
+    if was == StepPhase.waiting_approval and step.phase != StepPhase.waiting_approval:
+        events.append(Event(EventKind.approval_decided, step.reason or "Approved", text, sid))
+    match step.phase:
+        case StepPhase.waiting_approval if was != StepPhase.waiting_approval:
+            events.append(Event(EventKind.approval_requested, "ApprovalRequested", text, sid))
+        case StepPhase.running if (
+            prev is None or prev.attempt != attempt or was != StepPhase.running
+        ):
+            events.append(
+                Event(EventKind.step_started, "StepStarted", f"attempt {attempt}", sid, attempt)
+            )
+        case StepPhase.succeeded:
+            events.append(Event(EventKind.step_finished, "StepSucceeded", text, sid, attempt))
+        case StepPhase.skipped:
+            events.append(
+                Event(EventKind.step_finished, step.reason or "Skipped", text, sid, attempt)
+            )
+        case StepPhase.retrying if was != StepPhase.retrying:
+            events.append(
+                Event(EventKind.step_retried, step.reason or "BackingOff", text, sid, attempt, True)
+            )
+        case StepPhase.failed:
+            events.append(
+                Event(EventKind.step_failed, step.reason or "Failed", text, sid, attempt, True)
+            )
+    return events

@@ -1,0 +1,161 @@
+"""Plan validation: every step checked against the tool registry, the pool and the policy."""
+
+from __future__ import annotations
+
+from graphlib import CycleError, TopologicalSorter
+from typing import Any
+
+import jsonschema
+
+from agent_operator.api import AgentPoolSpec, AgentTaskSpec, PlannedStep, Step
+from agent_operator.core.safety import assess
+from agent_operator.core.templating import (
+    WhenError,
+    check_condition,
+    is_placeholder,
+    referenced_inputs,
+    referenced_steps,
+    steps_in_condition,
+)
+from agent_runtime.registry import Tool, ToolRegistry
+
+
+class InvalidPlan(Exception):
+    """The plan cannot run; `problems` says, per step and field, what to fix."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def resolve_dependencies(steps: list[Step]) -> dict[str, list[str]]:
+    """Explicit dependencies per step: none given means after the previous step."""
+    resolved: dict[str, list[str]] = {}
+    for index, step in enumerate(steps):
+        if step.depends_on is not None:
+            resolved[step.id] = list(step.depends_on)
+        else:
+            resolved[step.id] = [steps[index - 1].id] if index else []
+    return resolved
+
+
+def _ancestors(dependencies: dict[str, list[str]]) -> dict[str, set[str]]:
+    order = TopologicalSorter(dependencies).static_order()
+    ancestors: dict[str, set[str]] = {}
+    for step_id in order:
+        parents = dependencies.get(step_id, [])
+        ancestors[step_id] = set(parents).union(*(ancestors.get(p, set()) for p in parents))
+    return ancestors
+
+
+def _schema_problems(where: str, params: dict[str, Any], tool: Tool) -> list[str]:
+    """Schema errors, except on values that are placeholders filled in at run time."""
+    validator = jsonschema.Draft202012Validator(tool.params_schema)
+    problems = []
+    for error in validator.iter_errors(params):
+        if is_placeholder(error.instance):
+            continue
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+        problems.append(f"{where}.params{path}: {error.message}")
+    return problems
+
+
+def _tool_problems(
+    where: str, step: Step, pool: AgentPoolSpec, registry: ToolRegistry
+) -> list[str]:
+    tool = registry.get(step.tool)
+    if tool is None:
+        return [
+            f"{where}.tool: unknown tool {step.tool!r}; known tools: {', '.join(registry.names())}"
+        ]
+    problems = []
+    if pool.tools is not None and step.tool not in pool.tools:
+        allowed = ", ".join(pool.tools) or "none"
+        problems.append(
+            f"{where}.tool: the pool does not grant tool {step.tool!r}; it grants: {allowed}"
+        )
+    if pool.capabilities is not None:
+        missing = sorted(tool.capabilities - set(pool.capabilities))
+        if missing:
+            problems.append(
+                f"{where}.tool: tool {step.tool!r} needs capabilities {missing} "
+                "that the pool does not grant"
+            )
+    return problems + _schema_problems(where, step.params, tool)
+
+
+def build_plan(
+    steps: list[Step], spec: AgentTaskSpec, pool: AgentPoolSpec, registry: ToolRegistry
+) -> list[PlannedStep]:
+    """Validate the steps and attach dependencies, timeouts and risk; raise InvalidPlan."""
+    problems: list[str] = []
+    if not steps:
+        raise InvalidPlan(["the plan has no steps"])
+    if len(steps) > spec.limits.max_steps:
+        problems.append(
+            f"the plan has {len(steps)} steps; spec.limits.maxSteps allows {spec.limits.max_steps}"
+        )
+    ids = [s.id for s in steps]
+    problems += [
+        f"steps[{i}].id: {s.id!r} is used by more than one step"
+        for i, s in enumerate(steps)
+        if ids.index(s.id) != i
+    ]
+    dependencies = resolve_dependencies(steps)
+    for index, step in enumerate(steps):
+        where = f"step {step.id!r} (steps[{index}])"
+        problems += _tool_problems(where, step, pool, registry)
+        problems += [
+            f"{where}.dependsOn: unknown step {dep!r}"
+            for dep in step.depends_on or []
+            if dep not in ids
+        ]
+        problems += [
+            f"{where}.params: uses inputs.{key}, which spec.inputs does not define"
+            for key in sorted(referenced_inputs(step.params) - set(spec.inputs))
+        ]
+        if step.when is not None:
+            try:
+                check_condition(step.when)
+            except WhenError as error:
+                problems.append(f"{where}.when: {error}")
+    if problems:
+        raise InvalidPlan(problems)
+
+    try:
+        ancestors = _ancestors(dependencies)
+    except CycleError as error:
+        cycle = " -> ".join(error.args[1])
+        raise InvalidPlan([f"dependsOn forms a cycle: {cycle}"]) from None
+    for index, step in enumerate(steps):
+        where = f"step {step.id!r} (steps[{index}])"
+        for field, used in (
+            ("params", referenced_steps(step.params)),
+            ("when", steps_in_condition(step.when or "")),
+        ):
+            for ref in sorted(used - ancestors[step.id]):
+                problems.append(
+                    f"{where}.{field}: uses step {ref!r}, "
+                    + (
+                        "which does not exist"
+                        if ref not in ids
+                        else "which is not among its dependencies (add it to dependsOn)"
+                    )
+                )
+    if problems:
+        raise InvalidPlan(problems)
+
+    planned = []
+    for step in steps:
+        tool = registry.get(step.tool)
+        assert tool is not None  # checked above
+        timeout = step.timeout_seconds or int(tool.timeout_seconds)
+        planned.append(
+            PlannedStep(
+                **step.model_dump(exclude={"depends_on", "timeout_seconds"}),
+                depends_on=dependencies[step.id],
+                timeout_seconds=timeout,
+                risk=assess(step, tool, spec.safety, timeout),
+            )
+        )
+    return planned

@@ -1,0 +1,406 @@
+"""decide(): scheduling, retries, limits, approvals, terminal phases and conditions."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from agent_operator.api import AgentPoolSpec, ApprovalPhase, StepPhase, TaskPhase
+from agent_operator.core.decide import (
+    EventKind,
+    PlanningResult,
+    PlanWithLLM,
+    RequestApproval,
+    StartStep,
+    StopStep,
+    backoff,
+)
+from agent_runtime.registry import Usage
+
+from .sim import REGISTRY, T0, World, make_task
+
+NOOP = {"tool": "noop"}
+
+
+def world(spec: dict, **kwargs) -> World:  # type: ignore[type-arg, no-untyped-def]
+    return World(make_task(spec), **kwargs)
+
+
+def started(decision) -> list[tuple[str, int]]:  # type: ignore[no-untyped-def]
+    return [(a.step_id, a.attempt) for a in decision.actions if isinstance(a, StartStep)]
+
+
+def condition(w: World, kind: str) -> tuple[str, str]:
+    c = next(c for c in w.task.status.conditions if c.type == kind)
+    return c.status.value, c.reason
+
+
+def test_a_chain_runs_in_order_and_passes_outputs() -> None:
+    w = world(
+        {
+            "steps": [
+                {"id": "a", **NOOP},
+                {
+                    "id": "b",
+                    "tool": "noop",
+                    "params": {
+                        "outputs": {
+                            "doubled": "${steps.a.outputs.n}",
+                            "text": "n=${steps.a.outputs.n}",
+                        }
+                    },
+                },
+            ]
+        }
+    )
+    assert started(w.step()) == [("a", 1)]
+    assert started(w.step()) == []  # a still running: nothing new
+    w.finish("a", outputs={"n": 21})
+    d = w.step()
+    assert d.actions == [
+        StartStep("b", 1, "noop", {"outputs": {"doubled": 21, "text": "n=21"}}, 10, False, None)
+    ]
+    w.finish("b", outputs={"doubled": 21})
+    d = w.step()
+    assert d.status.phase == TaskPhase.succeeded
+    assert d.status.outputs == {"b": {"doubled": 21}}
+    assert condition(w, "Ready") == ("True", "Succeeded")
+    assert d.status.completion_time == T0
+
+
+def test_independent_steps_start_together_and_the_join_waits_for_both() -> None:
+    w = world(
+        {
+            "steps": [
+                {"id": "a", **NOOP, "dependsOn": []},
+                {"id": "b", **NOOP, "dependsOn": []},
+                {"id": "c", **NOOP, "dependsOn": ["a", "b"]},
+            ]
+        }
+    )
+    assert started(w.step()) == [("a", 1), ("b", 1)]
+    w.finish("b")
+    assert started(w.step()) == []
+    w.finish("a")
+    assert started(w.step()) == [("c", 1)]
+
+
+def test_max_parallel_and_pool_capacity_queue_steps_in_plan_order() -> None:
+    steps = [{"id": f"s{i}", **NOOP, "dependsOn": []} for i in range(4)]
+    w = world({"steps": steps, "limits": {"maxParallel": 2}})
+    d = w.step()
+    assert started(d) == [("s0", 1), ("s1", 1)]
+    assert d.queued == ["s2", "s3"]
+    assert w.phase_of("s2") == "Queued"
+    w.finish("s1")
+    assert started(w.step()) == [("s2", 1)]
+
+    w = world({"steps": steps}, free_slots=1)
+    assert started(w.step()) == [("s0", 1)]
+    w.free_slots = 0
+    w.finish("s0")
+    assert started(w.step()) == []
+    w.free_slots = 3
+    assert started(w.step()) == [("s1", 1), ("s2", 1), ("s3", 1)]
+
+
+def test_when_false_skips_and_dependents_still_run() -> None:
+    w = world(
+        {
+            "steps": [
+                {"id": "check", **NOOP},
+                {"id": "fix", **NOOP, "when": "steps.check.outputs.broken == true"},
+                {"id": "report", **NOOP},
+            ]
+        }
+    )
+    w.step()
+    w.finish("check", outputs={"broken": False})
+    d = w.step()
+    assert w.phase_of("fix") == "Skipped"
+    assert started(d) == [("report", 1)]
+    w.finish("report")
+    assert w.step().status.phase == TaskPhase.succeeded
+    assert "1 skipped" in (w.task.status.message or "")
+
+
+def test_a_missing_output_key_fails_the_step_clearly() -> None:
+    w = world(
+        {
+            "steps": [
+                {"id": "a", **NOOP},
+                {"id": "b", "tool": "noop", "params": {"x": "${steps.a.outputs.missing}"}},
+            ]
+        }
+    )
+    w.step()
+    w.finish("a", outputs={"present": 1})
+    d = w.step()
+    assert d.status.phase == TaskPhase.failed
+    b = d.status.steps[1]
+    assert (b.phase, b.reason) == (StepPhase.failed, "MissingOutput")
+    assert "the outputs of step 'a' has no key 'missing'" in (b.message or "")
+    assert "step 'b' failed" in (d.status.message or "")
+
+
+def test_a_when_that_cannot_be_evaluated_fails_the_step() -> None:
+    w = world(
+        {"steps": [{"id": "a", **NOOP}, {"id": "b", **NOOP, "when": "steps.a.outputs.nope > 1"}]}
+    )
+    w.step()
+    w.finish("a")
+    d = w.step()
+    assert d.status.steps[1].reason == "WhenError"
+    assert d.status.phase == TaskPhase.failed
+
+
+def test_retries_back_off_exponentially_then_fail() -> None:
+    w = world({"steps": [{"id": "a", **NOOP, "retries": 2}], "limits": {"backoffSeconds": 10}})
+    w.step()
+    w.finish("a", ok=False, message="boom")
+    d = w.step()
+    assert started(d) == [] and w.phase_of("a") == "Retrying"
+    assert d.requeue_at == T0 + timedelta(seconds=10)
+    assert [e.kind for e in d.events] == [EventKind.step_retried]
+    w.advance(10)
+    assert started(w.step()) == [("a", 2)]
+    w.finish("a", ok=False, message="boom")
+    w.advance(19)
+    assert started(w.step()) == []  # second backoff is 20s
+    w.advance(1)
+    assert started(w.step()) == [("a", 3)]
+    w.finish("a", ok=False, message="boom again")
+    d = w.step()
+    assert d.status.phase == TaskPhase.failed
+    assert d.status.reason == "StepFailed"
+    assert "failed after 3 attempts: boom again" in (d.status.message or "")
+    assert backoff(10, 20) == timedelta(minutes=10)
+
+
+def test_a_step_past_its_timeout_is_stopped_and_retried() -> None:
+    w = world(
+        {
+            "steps": [{"id": "a", **NOOP, "timeoutSeconds": 30, "retries": 1}],
+            "limits": {"backoffSeconds": 0},
+        }
+    )
+    d = w.step()
+    assert d.requeue_at == T0 + timedelta(seconds=30)
+    w.advance(30)
+    d = w.step()
+    assert StopStep("a", 1, "TimedOut") in d.actions
+    assert started(d) == [("a", 2)]
+
+
+def test_failure_stops_new_work_but_lets_running_steps_finish() -> None:
+    w = world(
+        {
+            "steps": [
+                {"id": "a", **NOOP, "dependsOn": []},
+                {"id": "b", **NOOP, "dependsOn": []},
+                {"id": "c", **NOOP, "dependsOn": ["a"]},
+            ]
+        }
+    )
+    w.step()
+    w.finish("a", ok=False)
+    d = w.step()
+    assert d.status.phase == TaskPhase.running and started(d) == []
+    w.finish("b")
+    assert w.step().status.phase == TaskPhase.failed
+
+
+def test_deadline_and_budgets_stop_running_steps() -> None:
+    w = world(
+        {
+            "steps": [{"id": "a", **NOOP, "timeoutSeconds": 999}],
+            "limits": {"activeDeadlineSeconds": 60},
+        }
+    )
+    d = w.step()
+    assert d.requeue_at == T0 + timedelta(seconds=60)
+    w.advance(60)
+    d = w.step()
+    assert (d.status.phase, d.status.reason) == (TaskPhase.failed, "DeadlineExceeded")
+    assert StopStep("a", 1, "TaskEnded") in d.actions
+
+    w = world({"steps": [{"id": "a", **NOOP}, {"id": "b", **NOOP}], "limits": {"maxTokens": 100}})
+    w.step()
+    w.finish("a", usage=Usage(tokens=150, cost_usd=0.01))
+    d = w.step()
+    assert (d.status.phase, d.status.reason) == (TaskPhase.failed, "BudgetExceeded")
+    assert "used 150 tokens; spec.limits.maxTokens is 100" in (d.status.message or "")
+
+    w = world({"steps": [{"id": "a", **NOOP}, {"id": "b", **NOOP}], "limits": {"maxCostUSD": 0.5}})
+    w.step()
+    w.finish("a", usage=Usage(tokens=1, cost_usd=0.75))
+    assert w.step().status.reason == "BudgetExceeded"
+
+
+def test_suspend_starts_nothing_new_and_resume_continues() -> None:
+    w = world({"steps": [{"id": "a", **NOOP}, {"id": "b", **NOOP}]})
+    w.step()
+    w.task.spec.suspend = True
+    w.finish("a")
+    d = w.step()
+    assert started(d) == []
+    assert condition(w, "Progressing") == ("False", "Suspended")
+    w.task.spec.suspend = False
+    assert started(w.step()) == [("b", 1)]
+
+
+def test_deletion_cancels_and_stops_running_steps() -> None:
+    w = world({"steps": [{"id": "a", **NOOP}, {"id": "b", **NOOP}]})
+    w.step()
+    w.task.metadata.deletion_timestamp = T0
+    d = w.step()
+    assert d.status.phase == TaskPhase.cancelled
+    assert StopStep("a", 1, "TaskEnded") in d.actions
+    assert [e.kind for e in d.events][-1] == EventKind.task_cancelled
+
+
+def risky(on_reject: str = "fail") -> World:
+    return world(
+        {
+            "steps": [{"id": "boom", "tool": "fail", "params": {}}, {"id": "after", **NOOP}],
+            "safety": {
+                "requireApprovalFor": ["fail"],
+                "onReject": on_reject,
+                "approvalTimeoutSeconds": 600,
+            },
+        }
+    )
+
+
+def test_approval_requested_then_approved_runs_with_the_approver() -> None:
+    w = risky()
+    d = w.step()
+    request = next(a for a in d.actions if isinstance(a, RequestApproval))
+    assert request.expires_at == T0 + timedelta(seconds=600)
+    assert request.risk.requires_approval
+    assert d.status.phase == TaskPhase.waiting_approval
+    assert condition(w, "Approved") == ("False", "WaitingForApproval")
+    assert not [a for a in w.step().actions if isinstance(a, RequestApproval)]  # asked once
+    w.decide_approval("boom", ApprovalPhase.approved, by="alice")
+    d = w.step()
+    start = next(a for a in d.actions if isinstance(a, StartStep))
+    assert (start.requires_approval, start.approved_by) == (True, "alice")
+    assert EventKind.approval_decided in [e.kind for e in d.events]
+    assert condition(w, "Approved") == ("True", "NoApprovalPending")
+
+
+def test_rejection_fails_or_skips_by_on_reject() -> None:
+    w = risky("fail")
+    w.step()
+    w.decide_approval("boom", ApprovalPhase.rejected)
+    d = w.step()
+    assert (d.status.phase, d.status.reason) == (TaskPhase.failed, "ApprovalRejected")
+
+    w = risky("skip")
+    w.step()
+    w.decide_approval("boom", ApprovalPhase.rejected)
+    d = w.step()
+    assert w.phase_of("boom") == "Skipped"
+    assert started(d) == [("after", 1)]
+
+
+def test_an_approval_that_expires_fails_the_task() -> None:
+    w = risky()
+    d = w.step()
+    assert d.requeue_at == T0 + timedelta(seconds=600)
+    w.advance(600)
+    d = w.step()
+    assert (d.status.phase, d.status.reason) == (TaskPhase.failed, "ApprovalExpired")
+    assert w.approvals["boom"].phase == ApprovalPhase.expired
+
+
+def test_a_critical_step_waits_for_its_change_window() -> None:
+    from .test_plan import RISKY
+
+    spec = {
+        "steps": [{"id": "drop", "tool": "t-critical"}],
+        "safety": {"level": "permissive", "criticalWindow": {"start": "22:00", "end": "23:00"}},
+    }
+    w = world(spec, registry=RISKY)
+    w.step()
+    w.decide_approval("drop", ApprovalPhase.approved)
+    d = w.step()
+    assert started(d) == [] and w.task.status.steps[0].reason == "OutsideChangeWindow"
+    assert d.requeue_at == T0.replace(hour=22)
+    w.now = T0.replace(hour=22)
+    assert started(w.step()) == [("drop", 1)]
+
+
+def test_llm_planning_is_asked_for_then_applied_or_fails_with_planned_false() -> None:
+    w = world({"goal": "restart the broken pods"})
+    d = w.step()
+    assert d.actions == [PlanWithLLM()] and d.status.phase == TaskPhase.planning
+    assert condition(w, "Planned") == ("Unknown", "Planning")
+    w.planning = PlanningResult(
+        plan=None, usage=Usage(tokens=30), reason="InvalidPlan", message="step 'x' ..."
+    )
+    d = w.step()
+    assert (d.status.phase, d.status.reason) == (TaskPhase.failed, "InvalidPlan")
+    assert condition(w, "Planned") == ("False", "InvalidPlan")
+    assert d.status.usage.tokens == 30
+
+    from agent_operator.core.plan import build_plan
+
+    w = world({"goal": "do it"})
+    w.step()
+    spec = make_task({"steps": [{"id": "only", **NOOP}]}).spec
+    assert spec.steps
+    plan = build_plan(spec.steps, spec, AgentPoolSpec(), REGISTRY)
+    w.planning = PlanningResult(plan=plan, usage=Usage(tokens=40, cost_usd=0.001))
+    d = w.step()
+    assert started(d) == [("only", 1)]
+    w.finish("only", usage=Usage(tokens=2))
+    assert w.step().status.usage.tokens == 42
+
+
+def test_an_invalid_static_plan_fails_without_starting_anything() -> None:
+    w = world({"steps": [{"id": "a", "tool": "nope"}]})
+    d = w.step()
+    assert d.actions == [] and (d.status.phase, d.status.reason) == (
+        TaskPhase.failed,
+        "InvalidPlan",
+    )
+    assert "unknown tool 'nope'" in (d.status.message or "")
+
+
+def test_a_terminal_task_is_left_alone() -> None:
+    w = world({"steps": [{"id": "a", **NOOP}]})
+    w.step()
+    w.finish("a")
+    done = w.step().status
+    d = w.step()
+    assert d.status == done and d.actions == [] and d.events == []
+
+
+def test_checkpoints_after_planning_and_each_finished_step() -> None:
+    w = world({"steps": [{"id": "a", **NOOP}, {"id": "b", **NOOP}]})
+    first = w.step().status.checkpoint
+    assert first is not None and (first.id, first.step) == (1, None)
+    assert w.step().status.checkpoint == first  # nothing finished: same checkpoint
+    w.finish("a")
+    second = w.step().status.checkpoint
+    assert second is not None and (second.id, second.step) == (2, "a")
+
+
+def test_conditions_keep_transition_time_and_carry_generation() -> None:
+    w = world({"steps": [{"id": "a", **NOOP}, {"id": "b", **NOOP}]})
+    w.step()
+    w.advance(5)
+    w.step()
+    planned = next(c for c in w.task.status.conditions if c.type == "Planned")
+    assert planned.last_transition_time == T0 and planned.observed_generation == 1
+    assert w.task.status.observed_generation == 1
+
+
+def test_a_restart_reobserving_the_same_runs_starts_nothing_twice() -> None:
+    w = world({"steps": [{"id": "a", **NOOP}, {"id": "b", **NOOP}]})
+    w.step()
+    w.finish("a")
+    w.step()
+    fresh = make_task({"steps": [{"id": "a", **NOOP}, {"id": "b", **NOOP}]})
+    restarted = World(fresh, runs=dict(w.runs))  # status lost: only the runs are observed
+    assert started(restarted.step()) == []
