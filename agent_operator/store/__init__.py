@@ -1,0 +1,486 @@
+"""The checkpoint store: the full history of every AgentTask, in Postgres or SQLite.
+
+The AgentTask status stays small; this store keeps what it leaves out: every
+step attempt, every checkpoint, the audit trail of events and step results
+too large for a pod's termination message. Every write is an idempotent
+upsert (or a deduplicated append), so a restarted operator can write the
+same record again without harm. Every JSON document and message is redacted
+before it is written.
+
+The API is synchronous and thread-safe: the operator calls it from Kopf's
+handler threads. A database that cannot be reached raises `StoreUnavailable`
+within a few seconds instead of hanging.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeAlias, TypeVar
+
+from alembic.util.exc import CommandError
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Result,
+    and_,
+    create_engine,
+    event,
+    make_url,
+    or_,
+    select,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import (
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    StatementError,
+)
+from sqlalchemy.sql.base import Executable, ReadOnlyColumnCollection
+from sqlalchemy.sql.elements import KeyedColumnElement
+
+from agent_operator.redact import redact, redact_text
+from agent_operator.store.migrate import upgrade_schema
+from agent_operator.store.records import (
+    AttemptRecord,
+    CheckpointRecord,
+    EventKind,
+    EventRecord,
+    ResultNotFound,
+    StoreError,
+    StoreUnavailable,
+    TaskRecord,
+)
+from agent_operator.store.tables import Base, Checkpoint, Event, StepAttempt, StepResult, Task
+
+__all__ = [
+    "AttemptRecord",
+    "CheckpointRecord",
+    "EventKind",
+    "EventRecord",
+    "ResultNotFound",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "TaskRecord",
+    "create_engine_for",
+    "default_sqlite_path",
+    "resolve_url",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONNECT_TIMEOUT = 5
+RESULT_REF_PREFIX = "store:results/"
+
+# libpq settings that turn a dead peer into an error instead of a hang: TCP
+# keepalives notice a silent server, tcp_user_timeout a write nobody acknowledges.
+_PG_LIVENESS = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
+
+# Sorted keys make equal documents byte-equal, so an unchanged upsert is a no-op on SQLite too.
+_json_dumps = partial(json.dumps, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+R = TypeVar("R")
+Excluded: TypeAlias = ReadOnlyColumnCollection[str, KeyedColumnElement[Any]]
+
+
+def default_sqlite_path() -> Path:
+    """Where the embedded store lives when no DSN is given (XDG state directory)."""
+    state = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(state) / "agent-operator" / "state.db"
+
+
+def resolve_url(dsn: str | None) -> URL:
+    """The SQLAlchemy URL for a DSN: `postgresql://...` (psycopg 3), `sqlite:///path` or None."""
+    if not dsn:
+        return URL.create("sqlite", database=str(default_sqlite_path()))
+    if "://" not in dsn:
+        raise StoreError("the store DSN must be a URL: postgresql://... or sqlite:///path")
+    url = make_url(dsn)
+    if url.drivername in ("postgresql", "postgres"):
+        url = url.set(drivername="postgresql+psycopg")
+    if url.drivername not in ("postgresql+psycopg", "sqlite", "sqlite+pysqlite"):
+        raise StoreError(f"unsupported store database {url.drivername!r}: use Postgres or SQLite")
+    if url.drivername.startswith("sqlite") and url.database in (None, "", ":memory:"):
+        raise StoreError("an in-memory SQLite store is lost on exit: give a file path")
+    return url
+
+
+def create_engine_for(dsn: str | None, *, connect_timeout: int = DEFAULT_CONNECT_TIMEOUT) -> Engine:
+    """An engine configured for the store: timeouts on Postgres, real transactions on SQLite."""
+    url = resolve_url(dsn)
+    if url.get_backend_name() == "postgresql":
+        connect_args: dict[str, Any] = {**_PG_LIVENESS, "connect_timeout": connect_timeout}
+        for name in url.query:  # settings in the DSN win
+            connect_args.pop(name, None)
+        return create_engine(
+            url, connect_args=connect_args, pool_pre_ping=True, json_serializer=_json_dumps
+        )
+    assert url.database is not None  # resolve_url refuses in-memory databases
+    Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, json_serializer=_json_dumps)
+    event.listen(engine, "connect", _sqlite_connect)
+    event.listen(engine, "begin", _sqlite_begin)
+    return engine
+
+
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Let SQLAlchemy, not the sqlite3 module, decide where transactions begin.
+    dbapi_connection.isolation_level = None
+    for pragma in ("foreign_keys=ON", "journal_mode=WAL", "busy_timeout=10000"):
+        dbapi_connection.execute(f"PRAGMA {pragma}")
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    # Take the write lock up front: upserts read then write, and a deferred
+    # transaction that tries to upgrade its lock fails instead of waiting.
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _describe(error: BaseException) -> str:
+    """One line about a database error, without SQL, parameters or credentials."""
+    cause = getattr(error, "orig", None) or error
+    lines = str(cause).strip().splitlines()
+    return redact_text(lines[0] if lines else type(cause).__name__)
+
+
+@contextmanager
+def _translated_errors() -> Iterator[None]:
+    """Database errors as the store's own: unreachable means retry later, the rest is a fault."""
+    try:
+        yield
+    except DBAPIError as error:
+        if error.connection_invalidated or isinstance(error, OperationalError | InterfaceError):
+            raise StoreUnavailable(f"checkpoint store unavailable: {_describe(error)}") from error
+        if isinstance(error, IntegrityError | DataError):
+            raise StoreError(f"checkpoint store refused the write: {_describe(error)}") from error
+        raise
+    except StatementError as error:
+        # A value no column accepts (a naive datetime, a non-JSON object): the caller's error.
+        if isinstance(error.orig, ValueError | TypeError):
+            raise error.orig from None
+        raise
+
+
+def _records(make: Callable[..., R], result: Result[Any]) -> list[R]:
+    return [make(**row._mapping) for row in result]
+
+
+class Store:
+    """The checkpoint store. Open with `Store.open(dsn)`; close when done."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    @classmethod
+    def open(
+        cls, dsn: str | None = None, *, connect_timeout: int = DEFAULT_CONNECT_TIMEOUT
+    ) -> Store:
+        """Connect and migrate the schema to the newest revision.
+
+        `dsn`: `postgresql://user:password@host/db`, `sqlite:///path`, or None for
+        SQLite at `default_sqlite_path()`. Raises `StoreUnavailable` when the
+        database cannot be reached within `connect_timeout` seconds.
+        """
+        engine = create_engine_for(dsn, connect_timeout=connect_timeout)
+        try:
+            with _translated_errors():
+                upgrade_schema(engine)
+        except CommandError as error:
+            engine.dispose()
+            raise StoreError(f"cannot migrate the checkpoint store: {error}") from error
+        except BaseException:
+            engine.dispose()
+            raise
+        log.info("checkpoint store ready at %r", engine.url)  # the URL's repr hides the password
+        return cls(engine)
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self._engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # --- writes -------------------------------------------------------------
+
+    def upsert_task(
+        self,
+        uid: str,
+        *,
+        namespace: str,
+        name: str,
+        phase: str,
+        goal: str | None = None,
+        reason: str | None = None,
+        message: str | None = None,
+        plan: list[Any] | None = None,
+        tokens: int = 0,
+        cost_usd: float = 0.0,
+    ) -> bool:
+        """Record a task's current state; True when that changed anything."""
+        now = datetime.now(UTC)
+        row = {
+            "uid": uid,
+            "created_at": now,
+            "updated_at": now,
+            "namespace": namespace,
+            "name": name,
+            "goal": _text(goal),
+            "phase": phase,
+            "reason": _text(reason),
+            "message": _text(message),
+            "plan": redact(plan),
+            "tokens": tokens,
+            "cost_usd": cost_usd,
+        }
+        with self._transaction() as connection:
+            return self._upsert(
+                connection,
+                Task,
+                row,
+                keep=["created_at"],
+                touch=["updated_at"],
+            )
+
+    def record_attempt(
+        self,
+        task_uid: str,
+        step_id: str,
+        attempt: int,
+        *,
+        phase: str,
+        job_name: str | None = None,
+        started_at: datetime | None = None,
+        finished_at: datetime | None = None,
+        outputs: dict[str, Any] | None = None,
+        message: str | None = None,
+        tokens: int = 0,
+        cost_usd: float = 0.0,
+    ) -> bool:
+        """Record one attempt of one step; True when that changed anything.
+
+        A finished attempt (one with `finished_at`) is never reopened by a
+        stale write of the same attempt still running.
+        """
+        row = {
+            "task_uid": task_uid,
+            "step_id": step_id,
+            "attempt": attempt,
+            "phase": phase,
+            "job_name": job_name,
+            "started_at": started_at,
+            "finished_at": finished_at,
+            "outputs": redact(outputs),
+            "message": _text(message),
+            "tokens": tokens,
+            "cost_usd": cost_usd,
+        }
+        table = StepAttempt.__table__.c
+        with self._transaction() as connection:
+            return self._upsert(
+                connection,
+                StepAttempt,
+                row,
+                guard=lambda new: or_(table.finished_at.is_(None), new.finished_at.is_not(None)),
+            )
+
+    def record_checkpoint(
+        self,
+        task_uid: str,
+        checkpoint_id: int,
+        step_id: str | None,
+        time: datetime,
+        snapshot: dict[str, Any],
+    ) -> bool:
+        """Record the status snapshot taken at a checkpoint; True when that changed anything."""
+        row = {
+            "task_uid": task_uid,
+            "checkpoint_id": checkpoint_id,
+            "step_id": step_id,
+            "time": time,
+            "snapshot": redact(snapshot),
+        }
+        with self._transaction() as connection:
+            return self._upsert(connection, Checkpoint, row)
+
+    def append_event(
+        self,
+        task_uid: str,
+        kind: EventKind,
+        *,
+        step_id: str | None = None,
+        attempt: int | None = None,
+        message: str | None = None,
+        data: dict[str, Any] | None = None,
+        dedupe_key: str | None = None,
+        time: datetime | None = None,
+    ) -> bool:
+        """Append to the audit trail; False when an event with `dedupe_key` is already there."""
+        statement = (
+            self._insert(Event)
+            .values(
+                task_uid=task_uid,
+                time=time or datetime.now(UTC),
+                kind=EventKind(kind),
+                step_id=step_id,
+                attempt=attempt,
+                message=_text(message),
+                data=redact(data),
+                dedupe_key=dedupe_key,
+            )
+            .on_conflict_do_nothing(index_elements=["task_uid", "dedupe_key"])
+        )
+        with self._transaction() as connection:
+            return _wrote(connection, statement)
+
+    def save_result(self, task_uid: str, step_id: str, attempt: int, result: dict[str, Any]) -> str:
+        """Keep a large step result; returns the reference to put in the termination message."""
+        key = f"{task_uid}/{step_id}/{attempt}"
+        row = {
+            "key": key,
+            "task_uid": task_uid,
+            "data": redact(result),
+            "created_at": datetime.now(UTC),
+        }
+        with self._transaction() as connection:
+            self._upsert(connection, StepResult, row, keep=["created_at"])
+        return RESULT_REF_PREFIX + key
+
+    # --- reads --------------------------------------------------------------
+
+    def load_result(self, ref: str) -> dict[str, Any]:
+        """The step result a `save_result` reference points to."""
+        if not ref.startswith(RESULT_REF_PREFIX):
+            raise ValueError(f"not a store result reference: {ref!r}")
+        table = StepResult.__table__
+        query = select(table.c.data).where(table.c.key == ref.removeprefix(RESULT_REF_PREFIX))
+        with self._transaction() as connection:
+            data: dict[str, Any] | None = connection.execute(query).scalar_one_or_none()
+        if data is None:
+            raise ResultNotFound(f"no step result stored under {ref!r}")
+        return data
+
+    def task(self, task_uid: str) -> TaskRecord | None:
+        table = Task.__table__
+        with self._transaction() as connection:
+            found = _records(
+                TaskRecord, connection.execute(select(table).where(table.c.uid == task_uid))
+            )
+        return found[0] if found else None
+
+    def latest_task(self, namespace: str, name: str) -> TaskRecord | None:
+        """The most recently created task of that name: what `--resume` continues."""
+        table = Task.__table__
+        query = (
+            select(table)
+            .where(table.c.namespace == namespace, table.c.name == name)
+            .order_by(table.c.created_at.desc())
+            .limit(1)
+        )
+        with self._transaction() as connection:
+            found = _records(TaskRecord, connection.execute(query))
+        return found[0] if found else None
+
+    def attempts(self, task_uid: str) -> list[AttemptRecord]:
+        """Every attempt of every step of a task, by step id then attempt."""
+        table = StepAttempt.__table__
+        query = (
+            select(table)
+            .where(table.c.task_uid == task_uid)
+            .order_by(table.c.step_id, table.c.attempt)
+        )
+        with self._transaction() as connection:
+            return _records(AttemptRecord, connection.execute(query))
+
+    def last_checkpoint(self, task_uid: str) -> CheckpointRecord | None:
+        """The checkpoint with the highest id, where a restarted operator resumes."""
+        table = Checkpoint.__table__
+        query = (
+            select(table)
+            .where(table.c.task_uid == task_uid)
+            .order_by(table.c.checkpoint_id.desc())
+            .limit(1)
+        )
+        with self._transaction() as connection:
+            found = _records(CheckpointRecord, connection.execute(query))
+        return found[0] if found else None
+
+    def events(self, task_uid: str) -> list[EventRecord]:
+        """A task's audit trail in the order it was written."""
+        table = Event.__table__
+        query = select(table).where(table.c.task_uid == task_uid).order_by(table.c.id)
+        with self._transaction() as connection:
+            return _records(EventRecord, connection.execute(query))
+
+    # --- plumbing -----------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        with _translated_errors(), self._engine.begin() as connection:
+            yield connection
+
+    def _insert(self, model: type[Base]) -> postgresql.Insert | sqlite.Insert:
+        if self._engine.dialect.name == "postgresql":
+            return postgresql.insert(model)
+        return sqlite.insert(model)
+
+    def _upsert(
+        self,
+        connection: Connection,
+        model: type[Base],
+        row: Mapping[str, Any],
+        *,
+        keep: Sequence[str] = (),
+        touch: Sequence[str] = (),
+        guard: Callable[[Excluded], ColumnElement[bool]] | None = None,
+    ) -> bool:
+        """Insert a row, or update it where a column differs; False when nothing was written.
+
+        `keep`: columns written on insert only. `touch`: columns updated along
+        with a change but not compared (an identical second write stays a no-op).
+        `guard`: a further condition on the update, given the proposed row.
+        """
+        table = model.__table__
+        key = [column.name for column in table.primary_key]
+        compare = [column for column in row if column not in {*key, *keep, *touch}]
+        insert = self._insert(model).values(dict(row))
+        new = insert.excluded
+        differs = or_(*(table.c[column].is_distinct_from(new[column]) for column in compare))
+        statement = insert.on_conflict_do_update(
+            index_elements=key,
+            set_={column: new[column] for column in (*compare, *touch)},
+            where=differs if guard is None else and_(differs, guard(new)),
+        )
+        return _wrote(connection, statement)
+
+
+def _wrote(connection: Connection, statement: Executable) -> bool:
+    """Execute an INSERT ... ON CONFLICT; whether it inserted or updated a row."""
+    # SQLAlchemy keeps the row count of UPDATE and DELETE only, unless asked.
+    result = connection.execute(statement, execution_options={"preserve_rowcount": True})
+    return result.rowcount > 0
+
+
+def _text(value: str | None) -> str | None:
+    return None if value is None else redact_text(value)
