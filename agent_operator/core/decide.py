@@ -29,7 +29,7 @@ from agent_operator.api import (
     TaskPhase,
 )
 from agent_operator.core.conditions import task_conditions
-from agent_operator.core.plan import InvalidPlan, build_plan
+from agent_operator.core.plan import InvalidPlan, PlanningResult, build_plan
 from agent_operator.core.safety import in_window, next_window_open
 from agent_operator.core.summary import summarize
 from agent_operator.core.templating import (
@@ -74,16 +74,6 @@ class ApprovalView:
     expires_at: datetime
     decided_by: str | None = None
     reason: str | None = None
-
-
-@dataclass(frozen=True)
-class PlanningResult:
-    """What the LLM planner returned: a validated plan, or why there is none."""
-
-    plan: list[PlannedStep] | None
-    usage: Usage = field(default_factory=Usage)
-    reason: str | None = None
-    message: str | None = None
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from graphlib import CycleError, TopologicalSorter
 from typing import Any
 
@@ -17,7 +18,17 @@ from agent_operator.core.templating import (
     referenced_steps,
     steps_in_condition,
 )
-from agent_runtime.registry import Tool, ToolRegistry
+from agent_runtime.registry import Tool, ToolRegistry, Usage
+
+
+@dataclass(frozen=True)
+class PlanningResult:
+    """A planner's answer: a validated plan, or the reason and what to fix; tokens either way."""
+
+    plan: list[PlannedStep] | None
+    usage: Usage = field(default_factory=Usage)
+    reason: str | None = None
+    message: str | None = None
 
 
 class InvalidPlan(Exception):
@@ -60,6 +71,26 @@ def _schema_problems(where: str, params: dict[str, Any], tool: Tool) -> list[str
     return problems
 
 
+def _grant_problems(tool: Tool, pool: AgentPoolSpec) -> list[str]:
+    """Why the pool does not let its agents use `tool` (empty: it does)."""
+    problems = []
+    if pool.tools is not None and tool.name not in pool.tools:
+        allowed = ", ".join(pool.tools) or "none"
+        problems.append(f"the pool does not grant tool {tool.name!r}; it grants: {allowed}")
+    if pool.capabilities is not None:
+        missing = sorted(tool.capabilities - set(pool.capabilities))
+        if missing:
+            problems.append(
+                f"tool {tool.name!r} needs capabilities {missing} that the pool does not grant"
+            )
+    return problems
+
+
+def granted_tools(pool: AgentPoolSpec, registry: ToolRegistry) -> list[Tool]:
+    """The tools agents of the pool may use: what a planner may offer."""
+    return [tool for tool in registry if not _grant_problems(tool, pool)]
+
+
 def _tool_problems(
     where: str, step: Step, pool: AgentPoolSpec, registry: ToolRegistry
 ) -> list[str]:
@@ -68,20 +99,8 @@ def _tool_problems(
         return [
             f"{where}.tool: unknown tool {step.tool!r}; known tools: {', '.join(registry.names())}"
         ]
-    problems = []
-    if pool.tools is not None and step.tool not in pool.tools:
-        allowed = ", ".join(pool.tools) or "none"
-        problems.append(
-            f"{where}.tool: the pool does not grant tool {step.tool!r}; it grants: {allowed}"
-        )
-    if pool.capabilities is not None:
-        missing = sorted(tool.capabilities - set(pool.capabilities))
-        if missing:
-            problems.append(
-                f"{where}.tool: tool {step.tool!r} needs capabilities {missing} "
-                "that the pool does not grant"
-            )
-    return problems + _schema_problems(where, step.params, tool)
+    grants = [f"{where}.tool: {problem}" for problem in _grant_problems(tool, pool)]
+    return grants + _schema_problems(where, step.params, tool)
 
 
 def build_plan(
@@ -129,13 +148,13 @@ def build_plan(
         raise InvalidPlan([f"dependsOn forms a cycle: {cycle}"]) from None
     for index, step in enumerate(steps):
         where = f"step {step.id!r} (steps[{index}])"
-        for field, used in (
+        for part, used in (
             ("params", referenced_steps(step.params)),
             ("when", steps_in_condition(step.when or "")),
         ):
             for ref in sorted(used - ancestors[step.id]):
                 problems.append(
-                    f"{where}.{field}: uses step {ref!r}, "
+                    f"{where}.{part}: uses step {ref!r}, "
                     + (
                         "which does not exist"
                         if ref not in ids
