@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from graphlib import CycleError, TopologicalSorter
-from typing import Any
-
-import jsonschema
 
 from agent_operator.api import AgentPoolSpec, AgentTaskSpec, PlannedStep, Step
 from agent_operator.core.safety import assess
@@ -59,18 +56,6 @@ def _ancestors(dependencies: dict[str, list[str]]) -> dict[str, set[str]]:
     return ancestors
 
 
-def _schema_problems(where: str, params: dict[str, Any], tool: Tool) -> list[str]:
-    """Schema errors, except on values that are placeholders filled in at run time."""
-    validator = jsonschema.Draft202012Validator(tool.params_schema)
-    problems = []
-    for error in validator.iter_errors(params):
-        if is_placeholder(error.instance):
-            continue
-        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
-        problems.append(f"{where}.params{path}: {error.message}")
-    return problems
-
-
 def _grant_problems(tool: Tool, pool: AgentPoolSpec) -> list[str]:
     """Why the pool does not let its agents use `tool` (empty: it does)."""
     problems = []
@@ -100,7 +85,7 @@ def _tool_problems(
             f"{where}.tool: unknown tool {step.tool!r}; known tools: {', '.join(registry.names())}"
         ]
     grants = [f"{where}.tool: {problem}" for problem in _grant_problems(tool, pool)]
-    return grants + _schema_problems(where, step.params, tool)
+    return grants + [f"{where}.{error}" for error in tool.param_errors(step.params, is_placeholder)]
 
 
 def build_plan(
@@ -174,7 +159,9 @@ def build_plan(
                 **step.model_dump(exclude={"depends_on", "timeout_seconds"}),
                 depends_on=dependencies[step.id],
                 timeout_seconds=timeout,
-                risk=assess(step, tool, spec.safety, timeout),
+                risk=assess(
+                    step, tool.effective_risk(step.params, registry), tool, spec.safety, timeout
+                ),
             )
         )
     return planned

@@ -49,15 +49,16 @@ def _required_by_list(tool: Tool, level: RiskLevel, safety: Safety) -> str | Non
     return None
 
 
-def assess(step: Step, tool: Tool, safety: Safety, timeout_seconds: int) -> RiskAssessment:
-    """The verdict stored in the plan: risk level, approval need, risks and mitigations."""
-    level = tool.risk
+def assess(
+    step: Step, level: RiskLevel, tool: Tool, safety: Safety, timeout_seconds: int
+) -> RiskAssessment:
+    """The verdict stored in the plan: `level` is the tool's risk for these params."""
     risks = [CAPABILITY_RISKS.get(c, f"uses capability {c!r}") for c in sorted(tool.capabilities)]
     mitigations = [
         "runs as its own Job with the pool's ServiceAccount",
         f"stopped after {timeout_seconds}s",
     ]
-    protected = _protected_hits(step.params, safety) if tool.risk >= RiskLevel.medium else []
+    protected = _protected_hits(step.params, safety) if level >= RiskLevel.medium else []
     if protected:
         level = max(level, RiskLevel.high, key=lambda r: r.rank)
         risks += protected

@@ -1,0 +1,1 @@
+"""The program inside each step Job: a tool registry and the `agent-runtime` entry point."""

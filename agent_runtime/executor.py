@@ -1,0 +1,51 @@
+"""Run one tool call under a hard deadline.
+
+Python cannot kill a thread, so the tool runs in a daemon thread and the caller stops waiting
+at the deadline. Tools also receive the deadline (`ToolContext.budget`) and pass it down as
+socket, statement and process timeouts, so they normally end on their own just before it;
+the short grace lets them report that themselves and clean up (kill a process group).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import replace
+from typing import Any
+
+from agent_runtime.registry import Tool, ToolContext, ToolOutcome, ToolTimeout
+
+GRACE_SECONDS = 1.0
+
+
+def run_tool(tool: Tool, params: dict[str, Any], ctx: ToolContext, timeout: float) -> ToolOutcome:
+    """Run `tool`, raising `ToolTimeout` ("… timed out after Ns") once `timeout` has passed.
+
+    A deadline already set in `ctx` (a sub-agent's own) also bounds the call.
+    """
+    deadline = time.monotonic() + timeout
+    if ctx.deadline is not None and ctx.deadline < deadline:
+        deadline = ctx.deadline
+        timeout = max(0.0, deadline - time.monotonic())
+    call_ctx = replace(ctx, deadline=deadline)
+    outcome: list[ToolOutcome] = []
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            outcome.append(tool.run(params, call_ctx))
+        except BaseException as exc:  # handed to the waiting thread, which re-raises it
+            failure.append(exc)
+
+    worker = threading.Thread(target=target, name=f"tool-{tool.name}", daemon=True)
+    worker.start()
+    worker.join(max(0.0, deadline - time.monotonic()) + GRACE_SECONDS)
+    message = f"{tool.name} timed out after {timeout:g}s"
+    if worker.is_alive():
+        raise ToolTimeout(message)
+    if failure:
+        exc = failure[0]
+        if isinstance(exc, ToolTimeout):
+            raise ToolTimeout(message, exc.outputs, exc.usage) from exc
+        raise exc
+    return outcome[0]

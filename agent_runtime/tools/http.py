@@ -1,0 +1,199 @@
+"""`http_request`: one HTTP call to a host on an allowlist.
+
+The allowlist comes from the pool (env `AGENT_HTTP_ALLOWED_HOSTS`, set in the Job template);
+`params.allowedHosts` can only narrow it, so a plan cannot widen where a step may reach.
+Every request is checked, redirects included. Header values that are secrets come from
+environment variables (`headersFromEnv`), never from params.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from agent_runtime.registry import (
+    RiskLevel,
+    Tool,
+    ToolContext,
+    ToolFailure,
+    ToolOutcome,
+    ToolRegistry,
+    ToolTimeout,
+)
+from agent_runtime.tools.schema import ENV_NAME, TIMEOUT, obj
+
+ALLOWED_HOSTS_ENV = "AGENT_HTTP_ALLOWED_HOSTS"
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Headers worth reporting; cookies and auth challenges stay out of results.
+REPORTED_HEADERS = (
+    "content-type",
+    "content-length",
+    "location",
+    "etag",
+    "last-modified",
+    "retry-after",
+    "cache-control",
+)
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_MAX_BODY = 64 * 1024
+MAX_REDIRECTS = 5
+
+
+def allowed_hosts(params: Mapping[str, Any], env: Mapping[str, str]) -> list[str]:
+    """The effective allowlist: the pool's, narrowed by the params; the params' if no pool's."""
+    pool = [h.strip().lower() for h in env.get(ALLOWED_HOSTS_ENV, "").split(",") if h.strip()]
+    given = [h.strip().lower() for h in params.get("allowedHosts", []) if h.strip()]
+    if pool and given:
+        return [h for h in given if h in pool]
+    return pool or given
+
+
+def host_allowed(url: httpx.URL, allowlist: list[str]) -> bool:
+    """Whether `url` matches an entry: `host`, `host:port` or `*.domain` (subdomains only)."""
+    host = url.host.lower()
+    port = url.port or (443 if url.scheme == "https" else 80)
+    for entry in allowlist:
+        parts = urlsplit(f"//{entry}")
+        try:
+            entry_host, entry_port = (parts.hostname or ""), parts.port
+        except ValueError:
+            continue
+        if entry_port is not None and entry_port != port:
+            continue
+        if entry_host.startswith("*."):
+            if host.endswith(entry_host[1:]):
+                return True
+        elif host == entry_host:
+            return True
+    return False
+
+
+def _headers(params: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, str]:
+    headers = dict(params.get("headers", {}))
+    for header, variable in params.get("headersFromEnv", {}).items():
+        if variable not in env:
+            raise ToolFailure(f"headersFromEnv.{header}: environment variable {variable} is unset")
+        headers[header] = env[variable]
+    return headers
+
+
+def _request(params: dict[str, Any], ctx: ToolContext) -> ToolOutcome:
+    method = params.get("method", "GET")
+    allowlist = allowed_hosts(params, ctx.env)
+    if not allowlist:
+        raise ToolFailure(
+            f"no host is allowed: set {ALLOWED_HOSTS_ENV} in the pool or params.allowedHosts"
+        )
+
+    def check(request: httpx.Request) -> None:
+        if not host_allowed(request.url, allowlist):
+            raise ToolFailure(
+                f"host {request.url.netloc.decode()!r} is not allowed "
+                f"(allowed: {', '.join(allowlist)})"
+            )
+
+    timeout = ctx.budget(float(params.get("timeoutSeconds", DEFAULT_TIMEOUT)))
+    limit = int(params.get("maxBodyBytes", DEFAULT_MAX_BODY))
+    client = httpx.Client(
+        timeout=timeout,
+        follow_redirects=True,
+        max_redirects=MAX_REDIRECTS,
+        event_hooks={"request": [check]},
+    )
+    try:
+        with (
+            client,
+            client.stream(
+                method,
+                params["url"],
+                headers=_headers(params, ctx.env),
+                content=params.get("body"),
+                json=params.get("json"),
+            ) as response,
+        ):
+            data = bytearray()
+            for chunk in response.iter_bytes():
+                data += chunk
+                if len(data) > limit:
+                    break
+    except httpx.TimeoutException as exc:
+        raise ToolTimeout(f"{method} {params['url']} timed out") from exc
+    except httpx.HTTPError as exc:
+        raise ToolFailure(f"{method} {params['url']} failed: {exc}") from exc
+    return _outcome(method, response, bytes(data[:limit]), len(data) > limit, params)
+
+
+def _outcome(
+    method: str, response: httpx.Response, data: bytes, truncated: bool, params: dict[str, Any]
+) -> ToolOutcome:
+    body = data.decode(response.encoding or "utf-8", errors="replace")
+    outputs: dict[str, Any] = {
+        "status": response.status_code,
+        "url": str(response.url),
+        "headers": {h: response.headers[h] for h in REPORTED_HEADERS if h in response.headers},
+        "body": body,
+        "truncated": truncated,
+    }
+    if "json" in response.headers.get("content-type", "") and not truncated and data:
+        with contextlib.suppress(ValueError):  # said JSON but is not: `body` still carries it
+            outputs["json"] = json.loads(data)
+    if response.status_code >= 400 and params.get("failOnStatus", True):
+        raise ToolFailure(
+            f"{method} {response.url} returned HTTP {response.status_code}: {body[-300:]}",
+            outputs,
+        )
+    return ToolOutcome(outputs=outputs)
+
+
+def _risk(params: dict[str, Any], registry: ToolRegistry) -> RiskLevel:
+    """Reads are low risk; anything that can change the remote side is medium."""
+    return RiskLevel.low if params.get("method", "GET") in READ_METHODS else RiskLevel.medium
+
+
+HTTP_REQUEST = Tool(
+    name="http_request",
+    description=(
+        "Make one HTTP request to an allowed host and return status, selected headers and the "
+        "body (parsed as `json` when it is JSON). HTTP errors (>= 400) fail unless "
+        "failOnStatus is false."
+    ),
+    params_schema=obj(
+        {
+            "url": {"type": "string", "pattern": "^https?://", "description": "http(s) URL"},
+            "method": {
+                "enum": ["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"],
+                "default": "GET",
+            },
+            "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+            "headersFromEnv": {
+                "type": "object",
+                "additionalProperties": ENV_NAME,
+                "description": "header name -> environment variable holding its value",
+            },
+            "body": {"type": "string", "description": "raw request body"},
+            "json": {"description": "request body sent as JSON"},
+            "allowedHosts": {
+                "type": "array",
+                "items": {"type": "string", "minLength": 1},
+                "description": "host, host:port or *.domain; narrows the pool's allowlist",
+            },
+            "timeoutSeconds": TIMEOUT,
+            "maxBodyBytes": {"type": "integer", "minimum": 1, "maximum": 10 * 1024 * 1024},
+            "failOnStatus": {"type": "boolean", "default": True},
+        },
+        required=["url"],
+        extra={"not": {"required": ["body", "json"]}},
+    ),
+    risk=RiskLevel.medium,
+    risk_for=_risk,
+    run=_request,
+    capabilities=frozenset({"network"}),
+    timeout_seconds=60,
+)
+
+TOOLS = [HTTP_REQUEST]
