@@ -1,0 +1,244 @@
+"""`agent-operator`: run an AgentTask file on this machine (the embedded default)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from agent_operator.api import AgentPool, AgentTask, TaskPhase
+from agent_operator.core.decide import Observed, StepRun, decide
+from agent_operator.embedded import (
+    EmbeddedRun,
+    approve_all,
+    default_pool,
+    new_uid,
+    refuse_unattended,
+    resume_state,
+    terminal_approver,
+)
+from agent_operator.local import LocalExecutor
+from agent_operator.store import Store, StoreError, default_sqlite_path
+from agent_runtime.registry import ToolRegistry
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class BadInput(Exception):
+    """The user's file or flags are wrong; the message says what to fix."""
+
+
+def _allowed_fields(schema: dict[str, Any], loc: tuple[int | str, ...]) -> list[str]:
+    """The field names the schema allows at `loc` (the parent of an unknown field)."""
+    defs = schema.get("$defs", {})
+    node: dict[str, Any] = schema
+    for part in loc:
+        node = _deref(node, defs)
+        node = (
+            node.get("items", {})
+            if isinstance(part, int)
+            else node.get("properties", {}).get(part, {})
+        )
+    return sorted(_deref(node, defs).get("properties", {}))
+
+
+def _deref(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    while True:
+        if "$ref" in node:
+            node = defs[node["$ref"].rsplit("/", 1)[-1]]
+        elif "anyOf" in node:
+            node = next((n for n in node["anyOf"] if n.get("type") != "null"), {})
+        else:
+            return node
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+
+
+def _field_errors(model: type[BaseModel], name: str, error: ValidationError) -> str:
+    """One line per problem: the field's path and what is allowed there."""
+    schema = model.model_json_schema(by_alias=True)
+    lines = [f"{model.__name__} {name!r} is not valid:"]
+    for problem in error.errors():
+        loc = problem["loc"]
+        if problem["type"] == "extra_forbidden":
+            allowed = ", ".join(_allowed_fields(schema, loc[:-1]))
+            lines.append(f"  {_path(loc)}: unknown field; allowed here: {allowed}")
+        else:
+            lines.append(f"  {_path(loc)}: {problem['msg']}")
+    return "\n".join(lines)
+
+
+def load_documents(path: Path) -> tuple[AgentTask, AgentPool | None]:
+    """The AgentTask (and an optional AgentPool) in a YAML file."""
+    try:
+        documents = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    except OSError as error:
+        raise BadInput(f"cannot read {path}: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise BadInput(f"{path} is not valid YAML: {error}") from None
+    tasks: list[AgentTask] = []
+    pools: list[AgentPool] = []
+    for number, doc in enumerate(documents, start=1):
+        kind = doc.get("kind") if isinstance(doc, dict) else type(doc).__name__
+        if kind not in ("AgentTask", "AgentPool"):
+            expected = "expected AgentTask or AgentPool"
+            raise BadInput(f"{path}: document {number} has kind {kind!r}; {expected}")
+        name = str((doc.get("metadata") or {}).get("name", f"document {number}"))
+        try:
+            if kind == "AgentTask":
+                tasks.append(AgentTask.model_validate(doc))
+            else:
+                pools.append(AgentPool.model_validate(doc))
+        except ValidationError as error:
+            model = AgentTask if kind == "AgentTask" else AgentPool
+            raise BadInput(f"{path}: " + _field_errors(model, name, error)) from None
+    if len(tasks) != 1:
+        raise BadInput(f"{path} holds {len(tasks)} AgentTasks; expected exactly one")
+    task = tasks[0]
+    wanted = task.spec.pool_ref.name
+    pool = next((p for p in pools if p.metadata.name == wanted), None)
+    if pools and pool is None:
+        defined = ", ".join(repr(p.metadata.name) for p in pools)
+        raise BadInput(f"{path}: spec.poolRef names pool {wanted!r}; the file defines {defined}")
+    return task, pool
+
+
+def _print_plan(task: AgentTask, out: TextIO) -> None:
+    print(f"plan for {task.metadata.name}:", file=out)
+    for step in task.status.plan or []:
+        deps = ", ".join(step.depends_on) or "-"
+        gate = "needs approval" if step.risk.requires_approval else "runs unattended"
+        print(
+            f"  {step.id:<20} {step.tool:<16} after: {deps:<20} {step.risk.level:<8} {gate}",
+            file=out,
+        )
+
+
+def _print_result(task: AgentTask, out: TextIO) -> None:
+    status = task.status
+    print(
+        f"\n{task.metadata.name}: {status.phase.value} ({status.reason}): {status.message}",
+        file=out,
+    )
+    for step in status.steps:
+        print(
+            f"  {step.id:<20} {step.phase.value:<10} attempt {step.attempt}  {step.message or ''}",
+            file=out,
+        )
+    if status.outputs:
+        print("outputs:", file=out)
+        print(yaml.safe_dump(status.outputs, sort_keys=False, indent=2).rstrip(), file=out)
+    print(f"usage: {status.usage.tokens} tokens, ${status.usage.cost_usd:.4f}", file=out)
+
+
+def run(args: argparse.Namespace, out: TextIO) -> int:
+    task, pool = load_documents(Path(args.file))
+    pool = pool or default_pool(task.metadata.namespace)
+    registry = ToolRegistry.default()
+    if args.dry_run:
+        task.metadata.uid = "dry-run"
+        decision = decide(Observed(task=task, now=_now(), pool=pool.spec, registry=registry))
+        task = task.model_copy(update={"status": decision.status})
+        if decision.status.phase == TaskPhase.failed:
+            print(f"the plan is not valid: {decision.status.message}", file=out)
+            return EXIT_BAD_INPUT
+        if task.status.plan is None:
+            print(
+                "dry run: this task has a goal; its plan comes from the LLM when it runs", file=out
+            )
+            return EXIT_OK
+        _print_plan(task, out)
+        return EXIT_OK
+    store = Store.open(args.dsn)
+    try:
+        runs: list[StepRun] = []
+        if args.resume:
+            previous = store.latest_task(task.metadata.namespace, task.metadata.name)
+            if previous is None:
+                raise BadInput(
+                    f"nothing to resume: no earlier run of {task.metadata.name!r} in the store"
+                )
+            task.metadata.uid = previous.uid
+            task, runs = resume_state(store, task)
+            if task.status.phase.terminal:
+                _print_result(task, out)
+                return EXIT_OK if task.status.phase == TaskPhase.succeeded else EXIT_FAILED
+        else:
+            task.metadata.uid = new_uid()
+        approver = (
+            approve_all
+            if args.approve_all
+            else (terminal_approver(input) if sys.stdin.isatty() else refuse_unattended)
+        )
+        workdir = Path(args.workdir) / task.metadata.uid  # type: ignore[operator]
+        executor = LocalExecutor(workdir, env=dict(os.environ), load_result=store.load_result)
+        if args.dsn:
+            executor.env["AGENT_OPERATOR_DSN"] = args.dsn
+        embedded = EmbeddedRun(
+            task, pool, store, executor, approver, out, registry, previous_runs=runs
+        )
+        try:
+            task = embedded.run()
+        except KeyboardInterrupt:
+            executor.stop_all("Interrupted")
+            print(
+                f"\ninterrupted; continue with: agent-operator run -f {args.file} --resume",
+                file=out,
+            )
+            return EXIT_FAILED
+        _print_result(task, out)
+        return EXIT_OK if task.status.phase == TaskPhase.succeeded else EXIT_FAILED
+    finally:
+        store.close()
+
+
+def _now() -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="agent-operator", description=__doc__)
+    commands = root.add_subparsers(dest="command", required=True)
+    run_cmd = commands.add_parser("run", help="run an AgentTask file here, without a cluster")
+    run_cmd.add_argument(
+        "-f", "--file", required=True, help="YAML with one AgentTask and optionally its AgentPool"
+    )
+    run_cmd.add_argument("--approve-all", action="store_true", help="approve every step that asks")
+    run_cmd.add_argument(
+        "--dry-run", action="store_true", help="validate and print the plan; run nothing"
+    )
+    run_cmd.add_argument("--resume", action="store_true", help="continue the last run of this task")
+    run_cmd.add_argument(
+        "--dsn",
+        default=os.environ.get("AGENT_OPERATOR_DSN"),
+        help="checkpoint store (default: SQLite)",
+    )
+    run_cmd.add_argument(
+        "--workdir", default=str(default_sqlite_path().parent / "runs"), help="where step logs go"
+    )
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return run(args, sys.stdout)
+    except BadInput as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except StoreError as error:
+        print(f"error: checkpoint store: {error}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
