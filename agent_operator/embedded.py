@@ -40,13 +40,14 @@ from agent_operator.core.decide import (
     StopStep,
     decide,
 )
+from agent_operator.core.invocation import step_invocation
 from agent_operator.core.naming import job_name
 from agent_operator.core.plan import PlanningResult
 from agent_operator.core.summary import summarize
 from agent_operator.local import LocalExecutor
 from agent_operator.planner import api_key_from_env, plan_with_llm
 from agent_operator.store import Store
-from agent_runtime.registry import ModelSettings, StepInvocation, ToolRegistry, Usage
+from agent_runtime.registry import ToolRegistry, Usage
 
 POLL_SECONDS = 0.2
 
@@ -151,21 +152,7 @@ class EmbeddedRun:
 
     def _start(self, action: StartStep) -> None:
         meta = self.task.metadata
-        model = self.pool.spec.model
-        invocation = StepInvocation(
-            task=meta.name,
-            namespace=meta.namespace,
-            task_uid=self.uid,
-            step_id=action.step_id,
-            attempt=action.attempt,
-            tool=action.tool,
-            params=action.params,
-            timeout_seconds=action.timeout_seconds,
-            requires_approval=action.requires_approval,
-            approved_by=action.approved_by,
-            allowed_tools=self.pool.spec.tools,
-            model=ModelSettings(base_url=model.base_url, model=model.model) if model else None,
-        )
+        invocation = step_invocation(self.task, self.pool.spec, action)
         name = job_name(meta.name, self.uid, action.step_id, action.attempt)
         self.store.record_attempt(
             self.uid,

@@ -79,3 +79,42 @@ def test_every_run_respects_dependencies_runs_nothing_twice_and_ends(
         assert attempts == list(range(1, len(attempts) + 1))
         assert len(attempts) <= step["retries"] + 1
     assert not any(s.phase == StepPhase.running for s in status.steps)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=2), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+documents = st.dictionaries(st.text(max_size=2), json_values, max_size=4)
+
+
+def apply_merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 as an API server applies it."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = apply_merge_patch(result.get(key), value)
+    return result
+
+
+def without_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: without_nulls(v) for k, v in value.items() if v is not None}
+    return value
+
+
+@given(documents, documents)
+def test_a_merge_patch_turns_the_old_status_into_the_new(
+    old: dict[str, Any], new: dict[str, Any]
+) -> None:
+    from agent_operator.core.patch import merge_patch
+
+    new = without_nulls(new)  # statuses are written without nulls
+    assert apply_merge_patch(without_nulls(old), merge_patch(without_nulls(old), new)) == new

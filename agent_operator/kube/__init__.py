@@ -1,0 +1,1 @@
+"""The Kubernetes shell: Kopf handlers, the objects they create and how they read them back."""

@@ -1,0 +1,274 @@
+"""Kopf registrations: the thin shell around the task loops, approvals and pools."""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+import prometheus_client
+from kubernetes import client, config
+
+from agent_operator.api import GROUP, VERSION, ApprovalPhase, TaskPhase
+from agent_operator.core.decide import Event, EventKind
+from agent_operator.kube import metrics
+from agent_operator.kube.cache import LabelledCache, Obj
+from agent_operator.kube.cluster import Cluster
+from agent_operator.kube.manifests import (
+    LABEL_POOL,
+    LABEL_TASK_UID,
+    MANAGED_SELECTOR,
+    pool_selector,
+)
+from agent_operator.kube.reconciler import OperatorContext, TaskLoop
+from agent_operator.kube.settings import OperatorSettings
+from agent_operator.store import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+FINALIZER = "agentoperator.io/finalizer"
+POOL_STATUS_SECONDS = 5.0
+
+
+def _api_client() -> client.ApiClient:
+    """In-cluster credentials in a pod; $KUBECONFIG (read now, not at import) otherwise."""
+    if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
+        config.load_incluster_config()
+        return client.ApiClient()
+    return config.new_client_from_config(config_file=os.environ.get("KUBECONFIG"))
+
+
+def _post_event(body: Any, event: Event) -> None:
+    text = f"step {event.step_id}: {event.message}" if event.step_id else event.message
+    kopf.event(
+        body, type="Warning" if event.warning else "Normal", reason=event.reason, message=text
+    )
+
+
+def _job_done(job: Obj) -> bool:
+    conditions = job.get("status", {}).get("conditions") or []
+    return any(
+        c.get("type") in ("Complete", "Failed", "SuccessCriteriaMet", "FailureTarget")
+        and c.get("status") == "True"
+        for c in conditions
+    )
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """A pod's service account, else $KUBECONFIG as it is now (not as it was at import)."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+@kopf.on.startup()
+def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    operator = memo.get("settings") or OperatorSettings.from_env()
+    settings.persistence.finalizer = FINALIZER
+    settings.posting.level = logging.INFO
+    settings.peering.standalone = not operator.peering
+    api = _api_client()
+    cluster = Cluster(api)
+    ctx: OperatorContext
+
+    def scopes(namespaced: Any, cluster_wide: Any) -> list[tuple[Any, dict[str, str]]]:
+        if operator.namespaces:
+            return [(namespaced, {"namespace": n}) for n in operator.namespaces]
+        return [(cluster_wide, {})]
+
+    def on_job(kind: str, job: Obj) -> None:
+        meta = job["metadata"]
+        labels = meta.get("labels", {})
+        pool = (meta.get("namespace", ""), labels.get(LABEL_POOL, ""))
+        if kind == "DELETED" or _job_done(job):
+            ctx.ledger.release(pool, [meta["name"]])
+            for uid in ctx.ledger.usage(pool)[2]:
+                ctx.wakers.wake(uid)
+        else:
+            ctx.ledger.hold(pool, [meta["name"]])
+        ctx.wakers.wake(labels.get(LABEL_TASK_UID, ""))
+
+    def on_pod(kind: str, pod: Obj) -> None:
+        ctx.wakers.wake(pod["metadata"].get("labels", {}).get(LABEL_TASK_UID, ""))
+
+    jobs = LabelledCache(
+        "jobs",
+        scopes(cluster.batch.list_namespaced_job, cluster.batch.list_job_for_all_namespaces),
+        MANAGED_SELECTOR,
+        LABEL_TASK_UID,
+        on_job,
+    )
+    pods = LabelledCache(
+        "pods",
+        scopes(cluster.core.list_namespaced_pod, cluster.core.list_pod_for_all_namespaces),
+        MANAGED_SELECTOR,
+        LABEL_TASK_UID,
+        on_pod,
+    )
+    ctx = OperatorContext(operator, cluster, jobs, pods, _post_event)
+    memo["ctx"] = ctx
+    jobs.start()
+    pods.start()
+    jobs.wait_ready(30)
+    pods.wait_ready(30)
+    if operator.metrics_port:
+        prometheus_client.start_http_server(operator.metrics_port)
+
+
+@kopf.on.cleanup()
+def stop(memo: kopf.Memo, **_: Any) -> None:
+    ctx: OperatorContext | None = memo.get("ctx")
+    if ctx is not None:
+        ctx.jobs.stop()
+        ctx.pods.stop()
+        ctx.close()
+
+
+@kopf.index(GROUP, VERSION, "agentpools")
+def pools_by_name(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return {(namespace, name): body}
+
+
+@kopf.index(GROUP, VERSION, "approvalrequests")
+def approvals_by_task(labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return {labels.get(LABEL_TASK_UID): body}
+
+
+# The index kwargs are Kopf's own, but its protocol does not list them.
+@kopf.daemon(GROUP, VERSION, "agenttasks", cancellation_timeout=10.0)  # type: ignore[arg-type]
+def drive_task(
+    body: kopf.Body,
+    stopped: kopf.DaemonStopped,
+    memo: kopf.Memo,
+    pools_by_name: kopf.Index[Any, Any],
+    approvals_by_task: kopf.Index[Any, Any],
+    **_: Any,
+) -> None:
+    """The task's own loop, until it reaches a terminal phase (or is deleted)."""
+
+    def pool(namespace: str, name: str) -> Obj | None:
+        found = list(pools_by_name.get((namespace, name), []))
+        return found[0] if found else None
+
+    TaskLoop(memo["ctx"], body, pool, lambda uid: list(approvals_by_task.get(uid, []))).run(stopped)
+
+
+@kopf.on.event(GROUP, VERSION, "agenttasks")
+def task_changed(uid: str, memo: kopf.Memo, **_: Any) -> None:
+    ctx: OperatorContext | None = memo.get("ctx")
+    if ctx is not None:
+        ctx.wakers.wake(uid)
+
+
+@kopf.on.delete(GROUP, VERSION, "agenttasks")
+def cancel_task(
+    body: kopf.Body,
+    meta: kopf.Meta,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    memo: kopf.Memo,
+    **_: Any,
+) -> None:
+    """The finalizer: stop the task's Jobs, withdraw open approvals, record the cancellation."""
+    ctx: OperatorContext = memo["ctx"]
+    namespace, uid = meta.namespace or "default", meta.uid or ""
+    for job in ctx.cluster.jobs_of_task(namespace, uid):
+        if not _job_done(job):
+            ctx.cluster.delete_job(namespace, job["metadata"]["name"])
+    for approval in ctx.cluster.approvals_of_task(namespace, uid):
+        if not approval.get("spec", {}).get("decision"):
+            ctx.cluster.delete_approval(namespace, approval["metadata"]["name"])
+    if not TaskPhase(status.get("phase", "Pending")).terminal:
+        try:
+            store = ctx.store()
+            store.upsert_task(
+                uid,
+                namespace=namespace,
+                name=meta.name or "",
+                phase=TaskPhase.cancelled.value,
+                goal=spec.get("goal"),
+                reason="Cancelled",
+                message="the AgentTask was deleted",
+            )
+            store.append_event(
+                uid, EventKind.task_cancelled, message="deleted", dedupe_key="task_cancelled"
+            )
+        except StoreUnavailable as error:
+            raise kopf.TemporaryError(f"checkpoint store unreachable: {error}", delay=5) from error
+        ctx.count_phase(uid, TaskPhase.cancelled)
+    ctx.ledger.forget(uid)
+
+
+@kopf.on.field(GROUP, VERSION, "approvalrequests", field="spec.decision")
+def record_decision(
+    new: Any,
+    body: kopf.Body,
+    meta: kopf.Meta,
+    status: kopf.Status,
+    patch: kopf.Patch,
+    memo: kopf.Memo,
+    **_: Any,
+) -> None:
+    """A person decided: the outcome goes to the request's status, an event and the task."""
+    if new not in (ApprovalPhase.approved.value, ApprovalPhase.rejected.value):
+        return
+    if status.get("phase", ApprovalPhase.pending.value) != ApprovalPhase.pending.value:
+        return  # decided (or expired) before: a decision cannot be changed
+    now = datetime.now(UTC)
+    patch.status["phase"] = new
+    patch.status["decidedAt"] = now.isoformat().replace("+00:00", "Z")
+    created = meta.get("creationTimestamp")
+    if created:
+        waited = now - datetime.fromisoformat(str(created).replace("Z", "+00:00"))
+        metrics.APPROVAL_SECONDS.observe(max(waited.total_seconds(), 0.0))
+    metrics.APPROVALS_PENDING.dec()
+    reason = body.get("spec", {}).get("reason") or "no reason given"
+    kopf.event(body, type="Normal", reason=f"Step{new}", message=reason)
+    ctx: OperatorContext | None = memo.get("ctx")
+    if ctx is not None:
+        ctx.wakers.wake(meta.get("labels", {}).get(LABEL_TASK_UID, ""))
+
+
+@kopf.on.event(GROUP, VERSION, "approvalrequests")
+def approval_changed(labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+    ctx: OperatorContext | None = memo.get("ctx")
+    if ctx is not None:
+        ctx.wakers.wake(labels.get(LABEL_TASK_UID, ""))
+
+
+@kopf.on.event(GROUP, VERSION, "agentpools")
+def pool_changed(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+    """A scaled pool takes effect at once: the tasks waiting on it look again."""
+    ctx: OperatorContext | None = memo.get("ctx")
+    if ctx is not None:
+        for uid in ctx.ledger.usage((namespace or "", name))[2]:
+            ctx.wakers.wake(uid)
+
+
+@kopf.timer(GROUP, VERSION, "agentpools", interval=POOL_STATUS_SECONDS)
+def pool_status(
+    namespace: str | None,
+    name: str,
+    spec: kopf.Spec,
+    meta: kopf.Meta,
+    status: kopf.Status,
+    patch: kopf.Patch,
+    memo: kopf.Memo,
+    **_: Any,
+) -> None:
+    """Replicas, running, queued and the selector the scale subresource reads."""
+    ctx: OperatorContext | None = memo.get("ctx")
+    if ctx is None:
+        return
+    running, queued, _waiting = ctx.ledger.usage((namespace or "", name))
+    wanted = {
+        "replicas": spec.get("replicas", 1),
+        "running": running,
+        "queued": queued,
+        "selector": pool_selector(name),
+        "observedGeneration": meta.get("generation"),
+    }
+    changed = {k: v for k, v in wanted.items() if status.get(k) != v}
+    if changed:
+        patch.status.update(changed)

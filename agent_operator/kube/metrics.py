@@ -1,0 +1,30 @@
+"""Prometheus metrics: what an operator of the operator watches."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+TASKS = Gauge("agent_operator_tasks", "AgentTasks by phase", ["phase"])
+STEP_SECONDS = Histogram(
+    "agent_operator_step_duration_seconds",
+    "Time a step attempt ran, from start to finish",
+    ["tool", "outcome"],
+    buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600),
+)
+HANDOFF_SECONDS = Histogram(
+    "agent_operator_step_handoff_seconds",
+    "From a step's last dependency finishing to the step's Job being created",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+)
+APPROVALS_PENDING = Gauge("agent_operator_approvals_pending", "ApprovalRequests awaiting a person")
+APPROVAL_SECONDS = Histogram(
+    "agent_operator_approval_decision_seconds",
+    "From an ApprovalRequest's creation to its decision",
+    buckets=(10, 30, 60, 300, 900, 1800, 3600, 14400, 86400),
+)
+RETRIES = Counter("agent_operator_step_retries_total", "Step attempts that will be retried")
+LLM_TOKENS = Counter("agent_operator_llm_tokens_total", "LLM tokens spent (planning and steps)")
+LLM_COST = Counter("agent_operator_llm_cost_usd_total", "LLM cost in US dollars")
+API_ERRORS = Counter(
+    "agent_operator_api_errors_total", "Failed Kubernetes API or store calls", ["operation"]
+)

@@ -1,0 +1,242 @@
+"""Reading the cluster back: a step Job (with its pod) as a StepRun, an ApprovalRequest as
+an ApprovalView.
+
+Pure: the shell hands in objects as the API server returns them (camelCase dicts, RFC 3339
+times). The step's result is read the way the local executor reads it: the runtime's JSON
+StepResult, from the termination message here, from the store when it is too large.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from agent_operator.api import ApprovalPhase
+from agent_operator.core.decide import ApprovalView, RunState, StepRun
+from agent_operator.kube.manifests import CONTAINER, LABEL_ATTEMPT, LABEL_STEP
+from agent_operator.redact import redact_text
+from agent_operator.store import ResultNotFound
+from agent_runtime.registry import StepResult
+
+Obj = Mapping[str, Any]
+LoadResult = Callable[[str], dict[str, Any]]
+
+TAIL_CHARS = 500  # of a garbled termination message (pod logs), kept as the step's message
+_JOB_SUCCEEDED = ("Complete", "SuccessCriteriaMet")
+_STARTING = ("ContainerCreating", "PodInitializing")
+
+
+@dataclass(frozen=True)
+class _Ending:
+    """How an attempt ended, before its result is read."""
+
+    ok: bool
+    finished_at: datetime | None
+    reason: str | None = None
+    message: str = ""
+
+
+def run_from_job(job: Obj, pod: Obj | None, load_result: LoadResult | None) -> StepRun:
+    """The attempt a step Job runs, as decide() sees it.
+
+    The Job's conditions decide first; a pod that has ended decides while the Job
+    controller has yet to catch up. `load_result` follows a result's store reference.
+    """
+    meta = job["metadata"]
+    labels = meta.get("labels") or {}
+    run = StepRun(
+        step_id=labels[LABEL_STEP],
+        attempt=int(labels[LABEL_ATTEMPT]),
+        state=RunState.running,
+        started_at=_started_at(job),
+        job_name=meta["name"],
+    )
+    status = _container_status(pod)
+    terminated = (status.get("state") or {}).get("terminated")
+    ending = _job_ending(job, pod, terminated) or _pod_ending(pod, terminated)
+    if ending is None:
+        return replace(run, message=_waiting_message(pod, status))
+    if ending.ok and terminated is None:  # the pod's status lags the Job's in our view
+        return replace(run, message="the Job completed; waiting for its pod's result")
+    code = terminated.get("exitCode") if terminated else None
+    result = _result(terminated.get("message") if terminated else None, code, load_result)
+    if ending.ok:
+        result = result or StepResult(ok=False, message=f"exited {code} without a result")
+        if result.ok:
+            return replace(
+                run,
+                state=RunState.succeeded,
+                finished_at=ending.finished_at,
+                outputs=result.outputs,
+                message=result.message,
+                usage=result.usage,
+            )
+        reason: str | None = f"ExitCode{code}"
+        message = result.message
+    else:
+        reason = ending.reason
+        message = result.message if result and result.message else ending.message
+    return replace(
+        run,
+        state=RunState.failed,
+        finished_at=ending.finished_at,
+        outputs=result.outputs if result else {},
+        message=message,
+        reason=reason,
+        usage=result.usage if result else run.usage,
+    )
+
+
+def approval_view(obj: Obj) -> ApprovalView:
+    """An ApprovalRequest as decide() sees it.
+
+    A person's `spec.decision` counts as soon as it is written, before the operator has
+    mirrored it into status; an Expired status wins over a decision that came too late.
+    """
+    spec, status = obj["spec"], obj.get("status") or {}
+    if status.get("phase") == ApprovalPhase.expired:
+        phase = ApprovalPhase.expired
+    elif spec.get("decision"):
+        phase = ApprovalPhase(spec["decision"])
+    else:
+        phase = ApprovalPhase.pending
+    return ApprovalView(
+        step_id=spec["stepId"],
+        phase=phase,
+        expires_at=_time(spec["expiresAt"]),
+        decided_by=status.get("decidedBy") or spec.get("decidedBy"),
+        reason=spec.get("reason"),
+    )
+
+
+def _job_ending(job: Obj, pod: Obj | None, terminated: Obj | None) -> _Ending | None:
+    status = job.get("status") or {}
+    for condition in status.get("conditions") or []:
+        if condition.get("status") != "True":
+            continue
+        when = _maybe_time(status.get("completionTime")) or _maybe_time(
+            condition.get("lastTransitionTime")
+        )
+        if condition.get("type") in _JOB_SUCCEEDED:
+            return _Ending(ok=True, finished_at=when or _finished_at(terminated))
+        if condition.get("type") == "Failed":
+            if condition.get("reason") == "DeadlineExceeded":
+                reason, message = "TimedOut", condition.get("message", "")
+            else:
+                reason, message = _pod_failure(pod, terminated) or (
+                    condition.get("reason") or "Failed",
+                    condition.get("message", ""),
+                )
+            return _Ending(False, when or _finished_at(terminated), reason, message)
+    return None
+
+
+def _pod_ending(pod: Obj | None, terminated: Obj | None) -> _Ending | None:
+    """The pod's word, for a Job whose controller has not yet written a condition."""
+    if pod is None:
+        return None
+    if terminated is not None and terminated.get("exitCode") == 0:
+        return _Ending(ok=True, finished_at=_finished_at(terminated))
+    if terminated is None and (pod.get("status") or {}).get("phase") != "Failed":
+        return None  # still running, or being deleted but not yet stopped
+    reason, message = _pod_failure(pod, terminated) or ("Failed", "the pod failed")
+    return _Ending(False, _finished_at(terminated), reason, message)
+
+
+def _pod_failure(pod: Obj | None, terminated: Obj | None) -> tuple[str, str] | None:
+    """Why the pod failed, the most telling cause first."""
+    if pod is None:
+        return None
+    status = pod.get("status") or {}
+    disruption = next(
+        (
+            c
+            for c in status.get("conditions") or []
+            if c.get("type") == "DisruptionTarget" and c.get("status") == "True"
+        ),
+        None,
+    )
+    if status.get("reason") == "Evicted":
+        return "Evicted", status.get("message") or "the pod was evicted"
+    if disruption is not None:  # eviction API, preemption, node drain or taint
+        return "Evicted", f"{disruption.get('reason')}: {disruption.get('message', '')}"
+    if pod["metadata"].get("deletionTimestamp"):
+        return "PodDeleted", "the step's pod was deleted while it ran"
+    if terminated is not None:
+        code = terminated.get("exitCode")
+        why = terminated.get("reason")
+        detail = f" ({why})" if why and why != "Error" else ""
+        return f"ExitCode{code}", f"exited {code}{detail}"
+    if status.get("reason"):
+        return status["reason"], status.get("message", "")
+    return None
+
+
+def _result(
+    text: str | None, code: int | None, load_result: LoadResult | None
+) -> StepResult | None:
+    """The runtime's report; anything else (log lines, cut JSON) becomes a clear failure."""
+    if not text:
+        return None
+    try:
+        result = StepResult.model_validate_json(text)
+    except ValidationError:
+        # Logs may hold what the runtime would have hidden; redact before cutting, so a cut
+        # cannot separate a secret from the key name that marks it.
+        tail = redact_text(text)[-TAIL_CHARS:].strip()
+        return StepResult(ok=False, message=f"exited {code} without a result: {tail}")
+    if result.ref is None or load_result is None:
+        return result
+    try:
+        return StepResult.model_validate(load_result(result.ref))
+    except (ValueError, ResultNotFound) as error:  # ValidationError is a ValueError
+        return StepResult(
+            ok=False,
+            usage=result.usage,
+            message=f"the step's full result {result.ref} cannot be read: {error}",
+        )
+
+
+def _waiting_message(pod: Obj | None, container: Obj) -> str:
+    """Why a started attempt is not running yet, when Kubernetes says."""
+    if pod is None:
+        return ""
+    if pod["metadata"].get("deletionTimestamp"):
+        return "the pod is being deleted; waiting for the step to stop"
+    waiting = (container.get("state") or {}).get("waiting") or {}
+    if waiting.get("reason") and waiting["reason"] not in _STARTING:
+        return f"{waiting['reason']}: {waiting.get('message', '')}".rstrip(": ")
+    for condition in (pod.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            return f"{condition.get('reason', 'Unschedulable')}: {condition.get('message', '')}"
+    return ""
+
+
+def _container_status(pod: Obj | None) -> Obj:
+    statuses = ((pod or {}).get("status") or {}).get("containerStatuses") or []
+    return next((s for s in statuses if s.get("name") == CONTAINER), {})
+
+
+def _started_at(job: Obj) -> datetime:
+    """When the Job started; the API server always sets creationTimestamp, but emulators
+    (kmock) set none, and then the attempt is taken to start now."""
+    when = (job.get("status") or {}).get("startTime") or job["metadata"].get("creationTimestamp")
+    return _time(when) if when else datetime.now(UTC)
+
+
+def _finished_at(terminated: Obj | None) -> datetime | None:
+    return _maybe_time((terminated or {}).get("finishedAt"))
+
+
+def _maybe_time(value: str | None) -> datetime | None:
+    return _time(value) if value else None
+
+
+def _time(value: str) -> datetime:
+    """An RFC 3339 time as an aware UTC datetime."""
+    parsed = datetime.fromisoformat(value)
+    return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)

@@ -1,0 +1,46 @@
+"""Operator settings, from the environment (the Helm chart's ConfigMap sets them)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from enum import StrEnum
+
+from pydantic import BaseModel, Field
+
+
+class LogFormat(StrEnum):
+    plain = "plain"
+    json = "json"
+
+
+class OperatorSettings(BaseModel):
+    """What `python -m agent_operator` / `kopf run` reads at start-up."""
+
+    namespaces: list[str] = Field(
+        default_factory=list, description="Namespaces to watch; empty: the whole cluster."
+    )
+    dsn: str | None = Field(default=None, description="Checkpoint store; None: SQLite.")
+    dsn_secret: tuple[str, str] | None = Field(
+        default=None, description="Secret name and key that hold the DSN, for step pods."
+    )
+    metrics_port: int = Field(default=8080, description="Prometheus metrics; 0: off.")
+    log_format: LogFormat = LogFormat.plain
+    peering: bool = Field(default=False, description="Kopf peering, for more than one replica.")
+    store_retry_seconds: float = Field(
+        default=5.0, description="Retry delay while the store is down."
+    )
+    idle_requeue_seconds: float = Field(default=60.0, description="Longest wait between looks.")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
+        env = os.environ if env is None else env
+        secret = env.get("AGENT_OPERATOR_DSN_SECRET", "")
+        return cls(
+            namespaces=[n for n in env.get("AGENT_OPERATOR_NAMESPACES", "").split(",") if n],
+            dsn=env.get("AGENT_OPERATOR_DSN") or None,
+            dsn_secret=tuple(secret.split("/", 1)) if "/" in secret else None,
+            metrics_port=int(env.get("AGENT_OPERATOR_METRICS_PORT", "8080")),
+            log_format=LogFormat(env.get("AGENT_OPERATOR_LOG_FORMAT", "plain")),
+            peering=env.get("AGENT_OPERATOR_PEERING", "false").lower() in ("1", "true", "yes"),
+        )
