@@ -4,13 +4,14 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 EXAMPLE ?= examples/agenttask-dag.yaml
 
-.PHONY: help venv run test test-fast lint format typecheck crds bins clean
+.PHONY: help venv run test test-fast lint format typecheck crds bins cluster-up cluster-down clean
 
 help:
 	@echo "make run    - set up, then run $(EXAMPLE) with the embedded default (no cluster, SQLite)"
 	@echo "make test   - set up, then run every test tier (lint and types included)"
 	@echo "make crds   - regenerate crds/ from the pydantic models"
 	@echo "make bins   - build the pinned control-plane binaries and helm (cached in ~/.cache)"
+	@echo "make cluster-up / cluster-down - a local control plane and kubelet for trying things"
 
 $(BIN)/agent-operator: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +24,7 @@ venv: $(BIN)/agent-operator
 run: venv
 	$(BIN)/agent-operator run -f $(EXAMPLE)
 
-test: venv
+test: venv bins
 	$(BIN)/pytest -q
 
 test-fast: venv
@@ -44,7 +45,13 @@ crds: venv
 	$(BIN)/python -m agent_operator.crdgen crds
 
 bins:
-	bash hack/build-binaries.sh
+	bash hack/build-binaries.sh >/dev/null
+
+cluster-up: venv bins
+	$(BIN)/python hack/cluster.py up
+
+cluster-down: venv
+	$(BIN)/python hack/cluster.py down
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
