@@ -412,6 +412,15 @@ class ApprovalRequestSpec(ApiModel):
                     "&& self.decision == oldSelf.decision)",
                     "message": "a decision cannot be changed once made",
                 },
+                {
+                    "rule": "self.taskRef == oldSelf.taskRef && self.stepId == oldSelf.stepId "
+                    "&& self.tool == oldSelf.tool && self.risk == oldSelf.risk "
+                    "&& self.expiresAt == oldSelf.expiresAt "
+                    "&& has(self.params) == has(oldSelf.params) "
+                    "&& (!has(self.params) || self.params == oldSelf.params)",
+                    "message": "only spec.decision and spec.reason may be set; "
+                    "what is being approved cannot change",
+                },
             ]
         }
     )

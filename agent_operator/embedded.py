@@ -46,6 +46,7 @@ from agent_operator.core.plan import PlanningResult
 from agent_operator.core.summary import summarize
 from agent_operator.local import LocalExecutor
 from agent_operator.planner import api_key_from_env, plan_with_llm
+from agent_operator.redact import redact
 from agent_operator.store import Store
 from agent_runtime.registry import ToolRegistry, Usage
 
@@ -288,7 +289,7 @@ def terminal_approver(ask: Callable[[str], str], user: str | None = None) -> App
         risk = request.risk
         answer = ask(
             f"\nstep {request.step_id!r} wants to run {request.tool} ({risk.level} risk)\n"
-            f"  params: {summarize(request.params, 400)}\n"
+            f"  params: {summarize(redact(request.params), 400)}\n"
             f"  risks: {'; '.join(risk.risks) or 'none listed'}\n"
             "approve? [y/N] "
         )

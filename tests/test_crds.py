@@ -650,6 +650,9 @@ ASK = {
 }
 APPROVED = {**ASK, "decision": "Approved", "reason": "looks right"}
 
+APPROVAL_FIXED = (
+    "only spec.decision and spec.reason may be set; what is being approved cannot change"
+)
 PLAN_FIXED = "the plan cannot be changed once the task is created; create a new AgentTask"
 CASES: dict[tuple[str, str, str], list[Case]] = {
     ("AgentTask", "spec", "spec needs a goal or at least one step"): [
@@ -679,6 +682,19 @@ CASES: dict[tuple[str, str, str], list[Case]] = {
         Case({**APPROVED, "reason": "checked twice"}, True, old=APPROVED),
         Case({**APPROVED, "decision": "Rejected"}, False, old=APPROVED),
         Case(ASK, False, old=APPROVED),
+    ],
+    ("ApprovalRequest", "spec", APPROVAL_FIXED): [
+        Case(APPROVED, True, old=ASK),
+        Case(
+            {**ASK, "params": {"table": "orders"}}, True, old={**ASK, "params": {"table": "orders"}}
+        ),
+        Case({**APPROVED, "tool": "shell"}, False, old=ASK),
+        Case({**APPROVED, "stepId": "other"}, False, old=ASK),
+        Case({**APPROVED, "expiresAt": "2099-01-01T00:00:00Z"}, False, old=ASK),
+        Case(
+            {**ASK, "params": {"table": "users"}}, False, old={**ASK, "params": {"table": "orders"}}
+        ),
+        Case({**ASK, "params": {"table": "users"}}, False, old=ASK),
     ],
 }
 

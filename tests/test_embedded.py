@@ -205,3 +205,26 @@ def test_resume_with_nothing_to_resume_says_so(tmp_path: Path) -> None:
     result = agent_operator(tmp_path, "-f", str(EXAMPLES / "agenttask-dag.yaml"), "--resume")
     assert result.returncode == 2
     assert "no earlier run of 'release-readiness'" in result.stderr
+
+
+def test_the_terminal_prompt_shows_the_step_and_approves_only_on_yes() -> None:
+    from datetime import UTC, datetime
+
+    from agent_operator.api import ApprovalPhase, RiskAssessment
+    from agent_operator.core.decide import RequestApproval
+    from agent_operator.embedded import terminal_approver
+
+    request = RequestApproval(
+        "rotate",
+        "shell",
+        {"command": "logrotate", "password": "hunter2"},
+        RiskAssessment(level="high", requires_approval=True, risks=["runs commands"]),
+        datetime(2026, 11, 23, tzinfo=UTC),
+    )
+    prompts: list[str] = []
+    for answer, phase in [("y", ApprovalPhase.approved), ("", ApprovalPhase.rejected)]:
+        approve = terminal_approver(lambda text, a=answer: prompts.append(text) or a, user="ann")
+        assert approve(request)[:2] == (phase, "ann")
+    assert "step 'rotate' wants to run shell (high risk)" in prompts[0]
+    assert "runs commands" in prompts[0]
+    assert "hunter2" not in prompts[0]
