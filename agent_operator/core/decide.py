@@ -41,6 +41,9 @@ from agent_operator.core.templating import (
 from agent_runtime.registry import RiskLevel, ToolRegistry, Usage
 
 MAX_BACKOFF = timedelta(minutes=10)
+# The approver of an Approved request that names none: no admission policy recorded who set
+# the decision (the operator runs without its chart). The decision counts all the same.
+UNRECORDED_APPROVER = "(approver not recorded)"
 
 
 class RunState(StrEnum):
@@ -320,7 +323,7 @@ def _run(observed: Observed, status: AgentTaskStatus, actions: list[Action]) -> 
                     params=params,
                     timeout_seconds=step.timeout_seconds,
                     requires_approval=step.risk.requires_approval,
-                    approved_by=approval.decided_by if approval else None,
+                    approved_by=(approval.decided_by or UNRECORDED_APPROVER) if approval else None,
                 )
             )
             views[step.id] = _StepView(

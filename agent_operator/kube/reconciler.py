@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import urllib3
+from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from agent_operator.api import (
@@ -58,6 +61,8 @@ log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 EventPoster = Callable[[Obj, Event], None]
 
+STOP_POLL_SECONDS = 1.0  # how soon a sleeping task loop notices that the operator stops
+
 
 class Wakers:
     """One event per task: set by watches and handlers, waited on by the task's loop."""
@@ -73,9 +78,14 @@ class Wakers:
     def wake(self, uid: str) -> None:
         self._event(uid).set()
 
-    def wait(self, uid: str, seconds: float) -> None:
+    def wait(self, uid: str, seconds: float, stopped: Any = None) -> None:
+        """Until woken or `seconds` pass; `stopped` (Kopf's daemon flag) is checked each
+        STOP_POLL_SECONDS, so a stopping operator is not held up by a sleeping task loop."""
         event = self._event(uid)
-        event.wait(max(seconds, 0.0))
+        deadline = time.monotonic() + max(seconds, 0.0)
+        while not event.wait(min(max(deadline - time.monotonic(), 0.0), STOP_POLL_SECONDS)):
+            if stopped or time.monotonic() >= deadline:
+                break
         event.clear()
 
     def forget(self, uid: str) -> None:
@@ -149,12 +159,21 @@ class TaskLoop:
 
     def run(self, stopped: Any) -> None:
         while not stopped:
-            wait = self.step()
+            try:
+                wait = self.step()
+            except (ApiException, urllib3.exceptions.HTTPError) as error:
+                # Like a store outage: keep the task's place and look again soon. Nothing is
+                # lost: the next pass observes again, and what was written is not redone.
+                metrics.API_ERRORS.labels("kubernetes").inc()
+                log.warning("task %s: Kubernetes API call failed (%s); retrying", self.uid, error)
+                wait = self.ctx.settings.api_retry_seconds
             if wait is None:
                 self.ctx.wakers.forget(self.uid)
                 self.ctx.ledger.forget(self.uid)
                 return
-            self.ctx.wakers.wait(self.uid, min(wait, self.ctx.settings.idle_requeue_seconds))
+            self.ctx.wakers.wait(
+                self.uid, min(wait, self.ctx.settings.idle_requeue_seconds), stopped
+            )
 
     def step(self) -> float | None:
         """One pass; the seconds until the next look, or None when the task has ended."""
@@ -387,11 +406,11 @@ class TaskLoop:
     def _write_status(self, task: AgentTask, status: AgentTaskStatus) -> None:
         """Patch only what changed; fields that went away are removed, not left stale."""
         patch = merge_patch(task.status.wire(), status.wire())
-        self.written = status
         if patch:
             meta = task.metadata
             self.ctx.cluster.patch_status("agenttasks", meta.namespace, meta.name, patch)
             self.ctx.count_phase(self.uid, status.phase)
+        self.written = status  # only once written: a failed patch is made again next pass
 
     def _post_events(self, decision: Decision) -> None:
         for event in decision.events:

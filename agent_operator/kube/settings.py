@@ -25,10 +25,14 @@ class OperatorSettings(BaseModel):
         default=None, description="Secret name and key that hold the DSN, for step pods."
     )
     metrics_port: int = Field(default=8080, description="Prometheus metrics; 0: off.")
+    health_port: int = Field(default=8081, description="Liveness endpoint /healthz; 0: off.")
     log_format: LogFormat = LogFormat.plain
     peering: bool = Field(default=False, description="Kopf peering, for more than one replica.")
     store_retry_seconds: float = Field(
         default=5.0, description="Retry delay while the store is down."
+    )
+    api_retry_seconds: float = Field(
+        default=2.0, description="Retry delay after a failed Kubernetes API call."
     )
     idle_requeue_seconds: float = Field(default=60.0, description="Longest wait between looks.")
 
@@ -41,6 +45,7 @@ class OperatorSettings(BaseModel):
             dsn=env.get("AGENT_OPERATOR_DSN") or None,
             dsn_secret=tuple(secret.split("/", 1)) if "/" in secret else None,
             metrics_port=int(env.get("AGENT_OPERATOR_METRICS_PORT", "8080")),
+            health_port=int(env.get("AGENT_OPERATOR_HEALTH_PORT", "8081")),
             log_format=LogFormat(env.get("AGENT_OPERATOR_LOG_FORMAT", "plain")),
             peering=env.get("AGENT_OPERATOR_PEERING", "false").lower() in ("1", "true", "yes"),
         )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 from agent_operator.api import AgentPoolSpec, ApprovalPhase, StepPhase, TaskPhase
 from agent_operator.core.decide import (
+    UNRECORDED_APPROVER,
     EventKind,
     PlanningResult,
     PlanWithLLM,
@@ -286,6 +288,16 @@ def test_approval_requested_then_approved_runs_with_the_approver() -> None:
     assert (start.requires_approval, start.approved_by) == (True, "alice")
     assert EventKind.approval_decided in [e.kind for e in d.events]
     assert condition(w, "Approved") == ("True", "NoApprovalPending")
+
+
+def test_approval_without_a_recorded_approver_still_runs_the_step() -> None:
+    """Without the chart's admission policy nobody names the approver; Approved still counts."""
+    w = risky()
+    w.step()
+    w.approvals["boom"] = replace(w.approvals["boom"], phase=ApprovalPhase.approved)
+    assert w.approvals["boom"].decided_by is None
+    start = next(a for a in w.step().actions if isinstance(a, StartStep))
+    assert (start.requires_approval, start.approved_by) == (True, UNRECORDED_APPROVER)
 
 
 def test_rejection_fails_or_skips_by_on_reject() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,10 +19,19 @@ from pathlib import Path
 from typing import Any
 
 import kopf
-from kmock import KubernetesEmulator, ResourceInfo, Server, resource
+from kmock import (
+    KubernetesEmulator,
+    KubernetesError,
+    Request,
+    ResourceInfo,
+    Server,
+    action,
+    resource,
+)
 from kubernetes import client, config
 
 from agent_operator.kube import handlers
+from agent_operator.kube.reconciler import TaskLoop, Wakers
 from agent_operator.kube.settings import OperatorSettings
 
 GROUP = "agentoperator.io/v1alpha1"
@@ -31,7 +41,43 @@ POOLS = resource("agentoperator.io", "v1alpha1", "agentpools")
 JOBS = resource("batch", "v1", "jobs")
 PODS = resource("", "v1", "pods")
 NS = "team-a"
+LABEL_STEP = "agentoperator.io/step"
 VERBS = ["get", "list", "watch", "create", "update", "patch", "delete"]
+
+
+@dataclass
+class Refusal:
+    """Requests that `match` are answered `status`, `times` times, before they change anything."""
+
+    match: Callable[[Request], bool]
+    status: int
+    times: int
+    refused: list[Request]
+
+
+class RefusingEmulator(KubernetesEmulator):
+    """kmock's emulator, able to fail a write before it is made.
+
+    kmock's reactions answer after the emulator has applied a write: the change is made and
+    the client hears an error (as when a reply is lost). A refusal answers before: nothing is
+    changed, as when the API server or etcd fails the write.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.refusals: list[Refusal] = []
+        self.refusals_lock = threading.Lock()
+
+    async def _handle(self, request: Request) -> Any:
+        with self.refusals_lock:
+            refusal = next(
+                (r for r in self.refusals if len(r.refused) < r.times and r.match(request)), None
+            )
+            if refusal is not None:
+                refusal.refused.append(request)
+        if refusal is not None:
+            raise KubernetesError(status=refusal.status, reason="Refused", message="injected")
+        return await super()._handle(request)
 
 
 @dataclass
@@ -81,6 +127,126 @@ class Emulated:
 
     def jobs(self) -> list[dict[str, Any]]:
         return self.objects(JOBS)
+
+    def refuse(self, match: Callable[[Request], bool], status: int, times: int) -> list[Request]:
+        """Answer the next `times` requests that match with `status`, changing nothing.
+
+        Returns the list the refused requests are added to.
+        """
+        emulator = self.emulator
+        assert isinstance(emulator, RefusingEmulator)
+        refusal = Refusal(match, status, times, [])
+        with emulator.refusals_lock:
+            emulator.refusals.append(refusal)
+        return refusal.refused
+
+    def delete(self, plural: str, name: str) -> None:
+        self.custom.delete_namespaced_custom_object(
+            "agentoperator.io", "v1alpha1", NS, plural, name
+        )
+
+    def exists(self, kind: Any, name: str) -> bool:
+        """Whether the emulator holds a live object of that resource and name in NS."""
+        return any(o["metadata"]["name"] == name for o in self.objects(kind))
+
+    def job_creations(self) -> list[str]:
+        """Names of every Job creation request the emulator received, answered or refused.
+
+        The request log, not the current objects: a Job created twice (or created, deleted
+        and created again) shows here twice.
+        """
+        return [
+            str((r.data or {}).get("metadata", {}).get("name"))
+            for r in list(self.emulator)
+            if r.resource == JOBS and r.action == action.CREATE
+        ]
+
+    def jobs_made(self) -> dict[str, int]:
+        """How many times each Job name came into existence (a Job deleted and created again
+        counts twice; a creation refused with 409 does not count)."""
+
+        async def count() -> dict[str, int]:
+            made: dict[str, int] = {}
+            for (kind, _ns, name), obj in list(self.emulator.objects.items()):
+                if kind == JOBS:
+                    versions = list(obj.history)
+                    made[name] = sum(
+                        1
+                        for i, v in enumerate(versions)
+                        if v is not None and (i == 0 or versions[i - 1] is None)
+                    )
+            return made
+
+        made: dict[str, int] = self.on_loop(count)
+        return made
+
+    def watches(self, kind: Any) -> int:
+        """How many watch requests of one resource the emulator has received."""
+        requests = list(self.emulator)
+        return sum(1 for r in requests if r.resource == kind and r.action == action.WATCH)
+
+    def watching(self, kind: Any) -> int:
+        """Watch streams of one resource now following changes (past their initial listing)."""
+
+        async def count() -> int:
+            return int(self.emulator._buses[kind].consumer_count)
+
+        watching: int = self.on_loop(count)
+        return watching
+
+    def on_loop(self, make: Callable[[], Any]) -> Any:
+        """Run `make()` (a coroutine, awaited) on the emulator's own event loop; its result."""
+
+        async def call() -> Any:
+            return await make()
+
+        return asyncio.run_coroutine_threadsafe(call(), self.loop).result(10)
+
+    def store_silently(self, kind: Any, body: dict[str, Any]) -> None:
+        """Put an object into the emulator without telling any watch (as if the watch lagged)."""
+        meta = body["metadata"]
+
+        async def put() -> None:
+            self.emulator.objects[kind, meta["namespace"], meta["name"]] = body
+
+        self.on_loop(put)
+
+    def send_watch_event(self, kind: Any, event: dict[str, Any]) -> None:
+        """Send a raw event (e.g. an ERROR with code 410) to every open watch of a resource."""
+
+        async def send() -> None:
+            await self.emulator._buses[kind].put(event)
+
+        self.on_loop(send)
+
+    def drop_watches(self, kind: Any) -> int:
+        """Cut the connections of every watch of a resource, as a server or proxy would."""
+
+        async def drop() -> int:
+            dropped = 0
+            for request in list(self.emulator):
+                if request.resource != kind or request.action != action.WATCH:
+                    continue
+                raw = request._raw_request
+                transport = raw.transport if raw is not None else None
+                if transport is not None and not transport.is_closing():
+                    transport.close()
+                    dropped += 1
+            return dropped
+
+        dropped: int = self.on_loop(drop)
+        return dropped
+
+    def active_jobs(self) -> list[str]:
+        """Jobs without a Complete or Failed condition (what still holds a pool slot)."""
+        return [
+            j["metadata"]["name"]
+            for j in self.jobs()
+            if not any(
+                c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+                for c in (j.get("status") or {}).get("conditions") or []
+            )
+        ]
 
     def posted_events(self) -> list[dict[str, Any]]:
         """Events the operator posted (the emulator cannot name them, so read the requests)."""
@@ -154,7 +320,7 @@ def emulated_cluster(tmp_path: Path) -> Iterator[Emulated]:
     state: dict[str, Any] = {}
 
     async def serve() -> None:
-        async with KubernetesEmulator() as emulator, Server(emulator) as server:
+        async with RefusingEmulator() as emulator, Server(emulator) as server:
             resources = emulator.resources
             resources[f"{GROUP}/agenttasks"] = ResourceInfo(
                 kind="AgentTask", namespaced=True, subresources=["status"], verbs=VERBS
@@ -198,16 +364,20 @@ def emulated_cluster(tmp_path: Path) -> Iterator[Emulated]:
 
 
 @contextmanager
-def running_operator(settings: OperatorSettings) -> Iterator[None]:
-    """The real operator (handlers, daemons, watches) in a thread, stopped on exit."""
+def running_operator(settings: OperatorSettings) -> Iterator[kopf.Memo]:
+    """The real operator (handlers, daemons, watches) in a thread, stopped on exit.
+
+    Yields the operator's memo: `memo["ctx"]` is its OperatorContext (caches, ledger).
+    """
     assert handlers.FINALIZER  # the module's handlers are registered by importing it
     stop, ready = threading.Event(), threading.Event()
+    memo = kopf.Memo(settings=settings)
     thread = threading.Thread(
         target=kopf.run,
         kwargs={
             "clusterwide": True,
             "standalone": True,
-            "memo": kopf.Memo(settings=settings),
+            "memo": memo,
             "stop_flag": stop,
             "ready_flag": ready,
         },
@@ -216,10 +386,28 @@ def running_operator(settings: OperatorSettings) -> Iterator[None]:
     thread.start()
     assert ready.wait(30), "the operator did not start"
     try:
-        yield
+        yield memo
     finally:
         stop.set()
         thread.join(30)
+        assert not thread.is_alive(), "the operator did not stop"
+        assert task_loops_running() == 0, "the operator stopped but left task loops running"
+
+
+def task_loops_running(asleep: bool = False) -> int:
+    """Threads now inside a task's loop (Kopf cannot kill the thread of a sync daemon);
+    with `asleep`, only those waiting to be woken."""
+    run, wait = TaskLoop.run.__code__, Wakers.wait.__code__
+    count = 0
+    for frame in sys._current_frames().values():
+        codes = []
+        walker: Any = frame
+        while walker is not None:
+            codes.append(walker.f_code)
+            walker = walker.f_back
+        if run in codes and (not asleep or wait in codes):
+            count += 1
+    return count
 
 
 def eventually(check: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
@@ -235,3 +423,98 @@ def eventually(check: Callable[[], Any], timeout: float = 30, what: str = "condi
             last = error
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+# --- building blocks shared by the operator-tier tests ---------------------------------
+
+
+def pool(name: str = "default", replicas: int = 2, **spec: Any) -> dict[str, Any]:
+    """An AgentPool body."""
+    return {
+        "apiVersion": GROUP,
+        "kind": "AgentPool",
+        "metadata": {"name": name, "namespace": NS, "uid": f"pool-uid-{name}"},
+        "spec": {"replicas": replicas, "template": {"image": "agent-runtime:test"}, **spec},
+    }
+
+
+def agent_task(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """An AgentTask body; the emulator assigns no uid, so the task brings its own."""
+    return {
+        "apiVersion": GROUP,
+        "kind": "AgentTask",
+        "metadata": {"name": name, "namespace": NS, "uid": f"uid-{name}", "generation": 1},
+        "spec": spec,
+    }
+
+
+def task_status(cluster: Emulated, name: str) -> dict[str, Any]:
+    status: dict[str, Any] = cluster.get("agenttasks", name).get("status") or {}
+    return status
+
+
+def conditions(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in status.get("conditions") or []}
+
+
+def step_jobs(cluster: Emulated, step: str, task: str | None = None) -> list[dict[str, Any]]:
+    """The Jobs the emulator holds for one step (of one task), by attempt."""
+    found = [
+        j
+        for j in cluster.jobs()
+        if j["metadata"]["labels"].get("agentoperator.io/step") == step
+        and (task is None or j["metadata"]["labels"].get("agentoperator.io/task") == task)
+    ]
+    return sorted(found, key=lambda j: int(j["metadata"]["labels"]["agentoperator.io/attempt"]))
+
+
+def wait_job(
+    cluster: Emulated, step: str, attempt: int = 1, task: str | None = None
+) -> dict[str, Any]:
+    """The Job of one attempt of a step, once the operator has created it."""
+
+    def find() -> dict[str, Any] | None:
+        for job in step_jobs(cluster, step, task):
+            if job["metadata"]["labels"]["agentoperator.io/attempt"] == str(attempt):
+                return job
+        return None
+
+    found: dict[str, Any] = eventually(find, what=f"the Job of {task or ''}/{step}/{attempt}")
+    return found
+
+
+def wait_phase(cluster: Emulated, name: str, phase: str, timeout: float = 30) -> dict[str, Any]:
+    """The task's status once it reaches `phase`."""
+    status: dict[str, Any] = eventually(
+        lambda: (s := task_status(cluster, name)).get("phase") == phase and s,
+        timeout=timeout,
+        what=f"{name} to be {phase}",
+    )
+    return status
+
+
+def one_job_per_step(cluster: Emulated) -> None:
+    """No step ran twice: one Job per step, each made once, and no other Job asked for.
+
+    Counted from the emulator's request log (every Job name the operator asked for) and
+    each Job's history (a Job deleted and made again counts twice), not only from the Jobs
+    that exist now. A creation answered 409 made nothing.
+    """
+    made = cluster.jobs_made()
+    assert all(n == 1 for n in made.values()), f"a Job was made more than once: {made}"
+    assert set(cluster.job_creations()) == set(made)
+    steps = [
+        (j["metadata"]["labels"]["agentoperator.io/task"], j["metadata"]["labels"][LABEL_STEP])
+        for j in cluster.jobs()
+    ]
+    assert len(steps) == len(set(steps)) == len(made), f"a step ran twice: {sorted(steps)}"
+
+
+def succeeded(outputs: dict[str, Any]) -> dict[str, Any]:
+    """The runtime's StepResult for a step that worked."""
+    return {"ok": True, "outputs": outputs, "message": "", "usage": {"tokens": 0, "costUSD": 0}}
+
+
+def failed(message: str) -> dict[str, Any]:
+    """The runtime's StepResult for a step whose tool failed."""
+    return {"ok": False, "outputs": {}, "message": message, "usage": {"tokens": 0, "costUSD": 0}}

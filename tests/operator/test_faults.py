@@ -1,0 +1,324 @@
+"""Faults the operator must survive, injected with kmock's reactions and the emulator's
+watch streams: 409 on create, 410 Gone on a watch, 500s, dropped watches, a store outage.
+
+Each test still drives a task to its end and checks that no step ran twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kopf
+import pytest
+from kmock import Request, action, subresource
+from prometheus_client import REGISTRY
+from sqlalchemy import make_url
+
+from agent_operator.core.naming import job_name
+from agent_operator.kube.reconciler import OperatorContext
+from agent_operator.kube.settings import OperatorSettings
+from agent_operator.store import Store
+from tests.store.test_store_outage import Relay
+
+from .harness import (
+    JOBS,
+    NS,
+    TASKS,
+    Emulated,
+    agent_task,
+    conditions,
+    emulated_cluster,
+    eventually,
+    one_job_per_step,
+    pool,
+    running_operator,
+    step_jobs,
+    succeeded,
+    task_status,
+    wait_job,
+    wait_phase,
+)
+
+CHAIN = {
+    "steps": [
+        {"id": "one", "tool": "noop", "params": {"outputs": {"n": 1}}},
+        {"id": "two", "tool": "noop", "params": {"outputs": {"m": "${steps.one.outputs.n}"}}},
+    ]
+}
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> OperatorSettings:
+    dsn = f"sqlite:///{tmp_path / 'state.db'}"
+    return OperatorSettings(dsn=dsn, metrics_port=0, store_retry_seconds=0.5, api_retry_seconds=0.5)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Emulated]:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with emulated_cluster(tmp_path) as emulated:
+        monkeypatch.setenv("KUBECONFIG", str(emulated.kubeconfig))
+        emulated.create("agentpools", pool())
+        yield emulated
+
+
+def context(memo: kopf.Memo) -> OperatorContext:
+    ctx: OperatorContext = eventually(lambda: memo.get("ctx"), what="the operator's context")
+    return ctx
+
+
+def run_chain(cluster: Emulated, name: str) -> dict[str, Any]:
+    """Play both steps of CHAIN to the end; the final status."""
+    cluster.finish_job(wait_job(cluster, "one", task=name), succeeded({"n": 1}))
+    cluster.finish_job(wait_job(cluster, "two", task=name), succeeded({"m": 1}))
+    return wait_phase(cluster, name, "Succeeded")
+
+
+def api_errors(operation: str = "kubernetes") -> float:
+    value = REGISTRY.get_sample_value("agent_operator_api_errors_total", {"operation": operation})
+    return value or 0.0
+
+
+# --- 409 ----------------------------------------------------------------------------------
+
+
+def test_a_job_that_already_exists_is_adopted_not_duplicated(
+    cluster: Emulated, settings: OperatorSettings
+) -> None:
+    # The Job the operator is about to create is there already, and the operator's cache
+    # has not seen it (a lagging watch, an earlier call that timed out but went through):
+    # creating it answers 409 Conflict.
+    name = job_name("adopt", "uid-adopt", "one", 1)
+    labels = {
+        "app.kubernetes.io/managed-by": "agent-operator",
+        "agentoperator.io/task": "adopt",
+        "agentoperator.io/task-uid": "uid-adopt",
+        "agentoperator.io/step": "one",
+        "agentoperator.io/attempt": "1",
+        "agentoperator.io/pool": "default",
+    }
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": NS,
+            "labels": labels,
+            "annotations": {"test/made-by": "the earlier attempt"},
+        },
+        "spec": {"template": {"metadata": {"labels": labels}, "spec": {"containers": []}}},
+    }
+    with running_operator(settings):
+        # Once the operator has listed Jobs and its watch follows changes, the Job appears
+        # without the watch being told.
+        eventually(lambda: cluster.watching(JOBS) >= 1, what="the Job watch")
+        cluster.store_silently(JOBS, job)
+        cluster.create("agenttasks", agent_task("adopt", CHAIN))
+        eventually(lambda: name in cluster.job_creations(), what="the operator to create the Job")
+        eventually(
+            lambda: task_status(cluster, "adopt").get("steps", [{}])[0].get("phase") == "Running",
+            what="step one Running",
+        )
+        [adopted] = step_jobs(cluster, "one")
+        assert adopted["metadata"]["annotations"] == {"test/made-by": "the earlier attempt"}
+        final = run_chain(cluster, "adopt")
+
+    assert final["outputs"] == {"two": {"m": 1}}
+    assert {j["metadata"]["name"] for j in cluster.jobs()} == {
+        name,
+        job_name("adopt", "uid-adopt", "two", 1),
+    }
+    one_job_per_step(cluster)
+
+
+# --- 410 Gone -----------------------------------------------------------------------------
+
+
+def test_an_expired_job_watch_is_listed_again_and_the_task_finishes(
+    cluster: Emulated, settings: OperatorSettings
+) -> None:
+    # The first watch of Jobs is refused outright with 410 Gone.
+    refused = cluster.emulator[action.WATCH, JOBS][:1] << 410
+    with running_operator(settings) as memo:
+        ctx = context(memo)
+        eventually(lambda: len(refused) == 1, what="the first watch of Jobs refused")
+        relists = eventually(lambda: ctx.jobs.relists >= 2 and ctx.jobs.relists, what="a relist")
+
+        cluster.create("agenttasks", agent_task("gone", CHAIN))
+        first = wait_job(cluster, "one", task="gone")
+        # A watch that is running is told its resourceVersion expired (an ERROR event).
+        eventually(lambda: cluster.watching(JOBS) >= 1, what="the Job watch")
+        watches = cluster.watches(JOBS)
+        cluster.send_watch_event(
+            JOBS,
+            {
+                "type": "ERROR",
+                "object": {
+                    "apiVersion": "v1",
+                    "kind": "Status",
+                    "status": "Failure",
+                    "code": 410,
+                    "reason": "Expired",
+                    "message": "too old resource version",
+                },
+            },
+        )
+        eventually(lambda: ctx.jobs.relists > relists, what="a relist after the ERROR event")
+        eventually(lambda: cluster.watches(JOBS) > watches, what="a new watch")
+        cluster.finish_job(first, succeeded({"n": 1}))
+        cluster.finish_job(wait_job(cluster, "two", task="gone"), succeeded({"m": 1}))
+        wait_phase(cluster, "gone", "Succeeded")
+    one_job_per_step(cluster)
+    assert len(cluster.jobs_made()) == 2
+
+
+# --- 500 ----------------------------------------------------------------------------------
+
+
+def test_server_errors_on_status_patches_and_job_creation_are_retried(
+    cluster: Emulated, settings: OperatorSettings
+) -> None:
+    # kmock answers these after the emulator has made the change: the write went through and
+    # its reply was lost. Only the operator's own writes fail (the kubernetes client's, not
+    # Kopf's): three status patches, and the first Job creation (made again, it meets 409).
+    def by_operator(request: Request) -> bool:
+        return "OpenAPI-Generator" in request.headers.get("User-Agent", "")
+
+    emulator = cluster.emulator
+    patches = emulator["patch", TASKS, subresource("status")][by_operator][:3] << 500
+    creates = emulator[action.CREATE, JOBS][by_operator][:1] << 500
+    errors = api_errors()
+
+    with running_operator(settings):
+        cluster.create("agenttasks", agent_task("bumpy", CHAIN))
+        final = run_chain(cluster, "bumpy")
+
+    assert final["outputs"] == {"two": {"m": 1}}
+    assert len(patches) == 3 and len(creates) == 1
+    assert api_errors() >= errors + 4  # each one counted, none fatal to the task's loop
+    one_job_per_step(cluster)
+    assert len(cluster.jobs()) == 2
+
+
+def test_writes_the_server_failed_are_made_again(
+    cluster: Emulated, settings: OperatorSettings
+) -> None:
+    # This time nothing is written: the server fails the request before making the change.
+    def operator_job(request: Request) -> bool:
+        return request.resource == JOBS and request.action == action.CREATE
+
+    def success_patch(request: Request) -> bool:
+        body = request.data if isinstance(request.data, dict) else {}
+        status = body.get("status") or {}
+        return request.resource == TASKS and status.get("phase") == "Succeeded"
+
+    refused_jobs = cluster.refuse(operator_job, 500, times=2)
+    refused_patches = cluster.refuse(success_patch, 503, times=2)
+
+    with running_operator(settings):
+        cluster.create("agenttasks", agent_task("stubborn", CHAIN))
+        final = run_chain(cluster, "stubborn")
+
+    assert final["outputs"] == {"two": {"m": 1}}
+    assert len(refused_jobs) == 2 and len(refused_patches) == 2
+    assert all(r.subresource == "status" for r in refused_patches)
+    one_job_per_step(cluster)
+    assert len(cluster.jobs()) == 2
+
+
+# --- dropped watches ------------------------------------------------------------------------
+
+
+def test_a_dropped_job_watch_reconnects_and_events_still_arrive(
+    cluster: Emulated, settings: OperatorSettings
+) -> None:
+    with running_operator(settings) as memo:
+        ctx = context(memo)
+        cluster.create("agenttasks", agent_task("cut", CHAIN))
+        first = wait_job(cluster, "one", task="cut")
+        eventually(lambda: cluster.watching(JOBS) >= 1, what="the Job watch")
+        relists, watches = ctx.jobs.relists, cluster.watches(JOBS)
+
+        assert cluster.drop_watches(JOBS) >= 1
+        eventually(lambda: ctx.jobs.relists > relists, what="a relist after the drop")
+        eventually(lambda: cluster.watches(JOBS) > watches, what="a new watch")
+        # What happens now reaches the operator through the new watch only.
+        relisted = ctx.jobs.relists
+        cluster.finish_job(first, succeeded({"n": 1}))
+        cluster.finish_job(wait_job(cluster, "two", task="cut"), succeeded({"m": 1}))
+        wait_phase(cluster, "cut", "Succeeded")
+        assert ctx.jobs.relists == relisted
+    one_job_per_step(cluster)
+
+
+# --- store outage ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def relay(postgres_dsn: str) -> Iterator[Relay]:
+    url = make_url(postgres_dsn)
+    assert url.host is not None and url.port is not None
+    relay = Relay(url.host, url.port)
+    try:
+        yield relay
+    finally:
+        relay.close()
+
+
+@pytest.mark.store
+def test_a_store_outage_holds_the_task_then_it_resumes_without_rerunning(
+    cluster: Emulated, relay: Relay, postgres_store_dsn: str
+) -> None:
+    dsn = (
+        make_url(postgres_store_dsn)
+        .set(host="127.0.0.1", port=relay.port)
+        .render_as_string(hide_password=False)
+    )
+    settings = OperatorSettings(
+        dsn=dsn, metrics_port=0, store_retry_seconds=0.5, api_retry_seconds=0.5
+    )
+    with running_operator(settings):
+        cluster.create("agenttasks", agent_task("outage", CHAIN))
+        first = wait_job(cluster, "one", task="outage")
+        eventually(
+            lambda: task_status(cluster, "outage").get("steps", [{}])[0].get("phase") == "Running",
+            what="step one Running",
+        )
+
+        relay.cut()
+        before = api_errors("store")
+        cluster.finish_job(first, succeeded({"n": 1}))
+        down = eventually(
+            lambda: (s := task_status(cluster, "outage")).get("reason") == "StoreUnavailable" and s,
+            what="the task to report the store down",
+        )
+        assert down["phase"] == "Running"
+        assert conditions(down)["Ready"]["reason"] == "StoreUnavailable"
+        assert "checkpoint store" in down["message"]
+        # Several looks while the store is down, and still no second step.
+        eventually(lambda: api_errors("store") >= before + 3, what="retries while down")
+        assert step_jobs(cluster, "two") == []
+        assert set(cluster.job_creations()) == {first["metadata"]["name"]}
+
+        relay.restore()
+        second = wait_job(cluster, "two", task="outage")
+        # Written down before the next step's Job was made: the checkpoint after step one.
+        with Store.open(dsn) as store:
+            resumed = store.last_checkpoint("uid-outage")
+        assert resumed is not None and resumed.step_id == "one"
+        assert resumed.snapshot["steps"][0]["phase"] == "Succeeded"
+        cluster.finish_job(second, succeeded({"m": 1}))
+        final = wait_phase(cluster, "outage", "Succeeded")
+
+    assert final["reason"] == "Succeeded"
+    one_job_per_step(cluster)
+    assert set(cluster.jobs_made()) == {first["metadata"]["name"], second["metadata"]["name"]}
+    with Store.open(dsn) as store:
+        checkpoint = store.last_checkpoint("uid-outage")
+        attempts = sorted((a.step_id, a.attempt, a.phase) for a in store.attempts("uid-outage"))
+        steps_done = [c for c in store.events("uid-outage") if c.kind == "step_finished"]
+    assert attempts == [("one", 1, "Succeeded"), ("two", 1, "Succeeded")]
+    assert checkpoint is not None and checkpoint.snapshot["phase"] == "Succeeded"
+    assert [e.step_id for e in steps_done] == ["one", "two"]
