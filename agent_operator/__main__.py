@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import random
+
 import kopf
 
 from agent_operator.kube import handlers  # noqa: F401  (registers the handlers)
 from agent_operator.kube.settings import LogFormat, OperatorSettings
+
+# The peering object the Helm chart creates (a ClusterKopfPeering, or a KopfPeering in each
+# watched namespace) when it runs more than one replica.
+PEERING_NAME = "default"
 
 
 def main() -> None:
@@ -19,7 +25,15 @@ def main() -> None:
         clusterwide=not settings.namespaces,
         namespaces=settings.namespaces,
         standalone=not settings.peering,
-        liveness_endpoint="http://0.0.0.0:8081/healthz",
+        # Kopf pauses every operator of a peering that shares the top priority, so each
+        # replica draws its own: the highest works, the others wait to take over. The name
+        # makes peering mandatory: without its peering object the operator stops instead of
+        # running alone next to the other replicas.
+        priority=random.SystemRandom().randint(1, 2**31 - 1) if settings.peering else 0,
+        peering_name=PEERING_NAME if settings.peering else None,
+        liveness_endpoint=(
+            f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
+        ),
         memo=kopf.Memo(settings=settings),
     )
 
