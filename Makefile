@@ -4,12 +4,13 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 EXAMPLE ?= examples/agenttask-dag.yaml
 
-.PHONY: help venv run test test-fast lint format typecheck crds bins cluster-up cluster-down clean
+.PHONY: help venv run test test-fast lint format typecheck crds chart bins cluster-up cluster-down kind-e2e clean
 
 help:
 	@echo "make run    - set up, then run $(EXAMPLE) with the embedded default (no cluster, SQLite)"
 	@echo "make test   - set up, then run every test tier (lint and types included)"
-	@echo "make crds   - regenerate crds/ from the pydantic models"
+	@echo "make crds   - regenerate crds/ and the chart's generated files from the pydantic models"
+	@echo "make kind-e2e - where Docker exists: a kind cluster, both images, the chart, the e2e suite"
 	@echo "make bins   - build the pinned control-plane binaries and helm (cached in ~/.cache)"
 	@echo "make cluster-up / cluster-down - a local control plane and kubelet for trying things"
 
@@ -43,6 +44,13 @@ typecheck: venv
 
 crds: venv
 	$(BIN)/python -m agent_operator.crdgen crds
+	$(BIN)/python -m agent_operator.chartgen charts/agent-operator
+
+chart: venv
+	$(BIN)/python -m agent_operator.chartgen charts/agent-operator
+
+kind-e2e: venv bins
+	bash hack/kind-e2e.sh
 
 bins:
 	bash hack/build-binaries.sh >/dev/null

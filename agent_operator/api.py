@@ -402,7 +402,7 @@ class TaskRef(ApiModel):
 
 
 class ApprovalRequestSpec(ApiModel):
-    """A step waiting for a person. The operator fills all but decision and reason."""
+    """A step waiting for a person. The operator fills all but decision, reason and decidedBy."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -418,8 +418,17 @@ class ApprovalRequestSpec(ApiModel):
                     "&& self.expiresAt == oldSelf.expiresAt "
                     "&& has(self.params) == has(oldSelf.params) "
                     "&& (!has(self.params) || self.params == oldSelf.params)",
-                    "message": "only spec.decision and spec.reason may be set; "
+                    "message": "only spec.decision, spec.reason and spec.decidedBy may be set; "
                     "what is being approved cannot change",
+                },
+                {
+                    "rule": "!has(self.decidedBy) || has(self.decision)",
+                    "message": "spec.decidedBy is set together with spec.decision",
+                },
+                {
+                    "rule": "!has(oldSelf.decidedBy) || (has(self.decidedBy) "
+                    "&& self.decidedBy == oldSelf.decidedBy)",
+                    "message": "who decided cannot be changed",
                 },
             ]
         }
@@ -435,6 +444,12 @@ class ApprovalRequestSpec(ApiModel):
         default=None, description="Set by a person: Approved or Rejected."
     )
     reason: str | None = Field(default=None, description="Why, in the approver's words.")
+    decided_by: str | None = Field(
+        default=None,
+        max_length=253,
+        description="Who set the decision, as the API server authenticated them: the Helm "
+        "chart's admission policies fill it in from the request and refuse any other name.",
+    )
 
 
 class ApprovalRequestStatus(ApiModel):

@@ -650,8 +650,10 @@ ASK = {
 }
 APPROVED = {**ASK, "decision": "Approved", "reason": "looks right"}
 
+DECIDED = {**APPROVED, "decidedBy": "bob"}
 APPROVAL_FIXED = (
-    "only spec.decision and spec.reason may be set; what is being approved cannot change"
+    "only spec.decision, spec.reason and spec.decidedBy may be set; "
+    "what is being approved cannot change"
 )
 PLAN_FIXED = "the plan cannot be changed once the task is created; create a new AgentTask"
 CASES: dict[tuple[str, str, str], list[Case]] = {
@@ -695,6 +697,20 @@ CASES: dict[tuple[str, str, str], list[Case]] = {
             {**ASK, "params": {"table": "users"}}, False, old={**ASK, "params": {"table": "orders"}}
         ),
         Case({**ASK, "params": {"table": "users"}}, False, old=ASK),
+        Case(DECIDED, True, old=ASK),
+    ],
+    ("ApprovalRequest", "spec", "spec.decidedBy is set together with spec.decision"): [
+        Case(ASK, True),
+        Case(APPROVED, True),
+        Case(DECIDED, True),
+        Case({**ASK, "decidedBy": "bob"}, False),
+    ],
+    ("ApprovalRequest", "spec", "who decided cannot be changed"): [
+        Case(DECIDED, True, old=ASK),
+        Case({**DECIDED, "reason": "checked twice"}, True, old=DECIDED),
+        Case(DECIDED, True, old=APPROVED),
+        Case({**DECIDED, "decidedBy": "mallory"}, False, old=DECIDED),
+        Case(APPROVED, False, old=DECIDED),
     ],
 }
 

@@ -218,13 +218,19 @@ def record_decision(
     now = datetime.now(UTC)
     patch.status["phase"] = new
     patch.status["decidedAt"] = now.isoformat().replace("+00:00", "Z")
+    # Who decided, as the API server recorded it (the chart's admission policies set and
+    # check spec.decidedBy); absent without them.
+    decided_by = body.get("spec", {}).get("decidedBy")
+    if decided_by:
+        patch.status["decidedBy"] = decided_by
     created = meta.get("creationTimestamp")
     if created:
         waited = now - datetime.fromisoformat(str(created).replace("Z", "+00:00"))
         metrics.APPROVAL_SECONDS.observe(max(waited.total_seconds(), 0.0))
     metrics.APPROVALS_PENDING.dec()
     reason = body.get("spec", {}).get("reason") or "no reason given"
-    kopf.event(body, type="Normal", reason=f"Step{new}", message=reason)
+    message = f"{new.lower()} by {decided_by}: {reason}" if decided_by else reason
+    kopf.event(body, type="Normal", reason=f"Step{new}", message=message)
     ctx: OperatorContext | None = memo.get("ctx")
     if ctx is not None:
         ctx.wakers.wake(meta.get("labels", {}).get(LABEL_TASK_UID, ""))

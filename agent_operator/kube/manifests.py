@@ -34,6 +34,11 @@ LABEL_TASK_UID = "agentoperator.io/task-uid"
 LABEL_STEP = "agentoperator.io/step"
 LABEL_ATTEMPT = "agentoperator.io/attempt"
 LABEL_POOL = "agentoperator.io/pool"
+# Who created the AgentTask, as the API server authenticated them (set by the Helm chart's
+# MutatingAdmissionPolicy); copied to the task's ApprovalRequests, where the chart's
+# ValidatingAdmissionPolicy can refuse self-approval (a policy cannot read the task itself).
+ANNOTATION_CREATED_BY = "agentoperator.io/created-by"
+ANNOTATION_TASK_CREATED_BY = "agentoperator.io/task-created-by"
 # The operator's Job and Pod watches send this selector, so the server filters for them.
 MANAGED_SELECTOR = f"{MANAGED_BY[0]}={MANAGED_BY[1]}"
 
@@ -193,6 +198,9 @@ def approval_request(task: AgentTask, request: RequestApproval) -> dict[str, Any
         "labels": _task_labels(task, request.step_id),
         "ownerReferences": [_owner(task)],
     }
+    creator = meta.annotations.get(ANNOTATION_CREATED_BY)
+    if creator:
+        body["metadata"]["annotations"] = {ANNOTATION_TASK_CREATED_BY: creator}
     return body
 
 

@@ -134,19 +134,15 @@ def uid_of(kubectl: Kubectl, namespace: str, name: str) -> str:
 
 
 def wait_running_pod(kubectl: Kubectl, namespace: str, uid: str, step: str) -> dict[str, Any]:
-    """The pod of a step's attempt once its container runs."""
+    """The pod of a step's attempt once its container has started (it may have ended since)."""
     selector = f"{TASK_UID}={uid},{STEP}={step}"
-    eventually(
-        lambda: bool(kubectl.json("get", "pods", "-n", namespace, "-l", selector)["items"]),
-        60,
-        f"a pod of step {step}",
-    )
-    kubectl(
-        "wait", "--for=jsonpath={.status.phase}=Running", "pod", "-l", selector,
-        "-n", namespace, "--timeout=60s",
-    )  # fmt: skip
-    (pod,) = kubectl.json("get", "pods", "-n", namespace, "-l", selector)["items"]
-    found: dict[str, Any] = pod
+
+    def started() -> dict[str, Any] | None:
+        pods = kubectl.json("get", "pods", "-n", namespace, "-l", selector)["items"]
+        phases = ("Running", "Succeeded", "Failed")
+        return next((p for p in pods if p.get("status", {}).get("phase") in phases), None)
+
+    found: dict[str, Any] = eventually(started, 60, f"a started pod of step {step}")
     return found
 
 
@@ -593,7 +589,7 @@ def test_operator_killed_mid_task_carries_on_without_running_a_step_twice(
 ) -> None:
     steps = [
         {"id": "before", "tool": "noop", "params": {"outputs": {"count": 1}}},
-        {"id": "nap", "tool": "sleep", "params": {"seconds": 5, "outputs": {"slept": True}}},
+        {"id": "nap", "tool": "sleep", "params": {"seconds": 15, "outputs": {"slept": True}}},
         {
             "id": "after",
             "tool": "noop",

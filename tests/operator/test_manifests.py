@@ -514,3 +514,15 @@ def test_expiry_is_written_in_utc() -> None:
     local = datetime(2026, 11, 23, 13, 30, tzinfo=timezone(timedelta(hours=2)))
     body = approval_request(make_task(), make_request(local))
     assert body["spec"]["expiresAt"] == "2026-11-23T11:30:00Z"
+
+
+def test_the_approval_request_carries_the_tasks_recorded_creator() -> None:
+    # The chart's admission policy records who created the task; the request repeats it,
+    # because the policy judging an approval can read only the request itself.
+    task = make_task()
+    task.metadata.annotations["agentoperator.io/created-by"] = "carol@example.com"
+    body = approval_request(task, make_request())
+    assert body["metadata"]["annotations"] == {
+        "agentoperator.io/task-created-by": "carol@example.com"
+    }
+    assert "annotations" not in approval_request(make_task(), make_request())["metadata"]

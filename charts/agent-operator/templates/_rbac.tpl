@@ -1,0 +1,54 @@
+{{- /*
+The operator's rules on namespaced resources: exactly the verbs agent_operator/kube and
+Kopf use, nothing more. Granted by a ClusterRole when the operator watches the whole
+cluster, by a Role in each watched namespace otherwise.
+*/}}
+{{- define "agent-operator.operatorRules" -}}
+# Kopf watches and patches (finalizers, its annotations); the task loop patches status.
+- apiGroups: [agentoperator.io]
+  resources: [agenttasks]
+  verbs: [list, watch, patch]
+- apiGroups: [agentoperator.io]
+  resources: [agenttasks/status]
+  verbs: [patch]
+# Only for clusters that enforce OwnerReferencesPermissionEnforcement: Jobs and
+# ApprovalRequests are owned by their task with blockOwnerDeletion.
+- apiGroups: [agentoperator.io]
+  resources: [agenttasks/finalizers]
+  verbs: [update]
+# The operator creates, expires (status) and withdraws (delete) approval requests; Kopf
+# watches them and patches its own annotations. Deciding needs the `approve` verb, which
+# it does not have.
+- apiGroups: [agentoperator.io]
+  resources: [approvalrequests]
+  verbs: [list, watch, create, patch, delete]
+- apiGroups: [agentoperator.io]
+  resources: [approvalrequests/status]
+  verbs: [patch]
+- apiGroups: [agentoperator.io]
+  resources: [agentpools]
+  verbs: [list, watch, patch]
+- apiGroups: [agentoperator.io]
+  resources: [agentpools/status]
+  verbs: [patch]
+# Step Jobs: created and deleted; Jobs and their pods listed and watched by label.
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [list, watch, create, delete]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list, watch]
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+{{- end }}
+{{- define "agent-operator.secretRules" -}}
+# The AgentPools' model API keys, read when planning a goal.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get]
+  {{- with .Values.rbac.secretNames }}
+  resourceNames:
+    {{- toYaml (. | uniq) | nindent 4 }}
+  {{- end }}
+{{- end }}
