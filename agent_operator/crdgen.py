@@ -13,12 +13,10 @@ or, worse, one that silently prunes data.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, cast
 
 import yaml
@@ -26,6 +24,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
+from agent_operator import generated
 from agent_operator.api import GROUP, VERSION, AgentPool, AgentTask, ApprovalRequest
 
 Schema = dict[str, Any]
@@ -352,50 +351,16 @@ def generate() -> dict[str, str]:
     return {r.filename: render(crd(r)) for r in RESOURCES}
 
 
-def stale(outdir: Path, wanted: dict[str, str]) -> list[str]:
-    """Files in outdir that differ from, are missing from, or were dropped by the generation."""
-    names = [n for n, text in wanted.items() if _read(outdir / n) != text]
-    leftovers = [
-        p.name
-        for p in outdir.glob("*.yaml")
-        if p.name not in wanted and (_read(p) or "").startswith(HEADER)
-    ]
-    return sorted(names + leftovers)
-
-
-def _read(path: Path) -> str | None:
-    return path.read_text(encoding="utf-8") if path.is_file() else None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    return generated.command(
+        argv,
         prog="python -m agent_operator.crdgen",
         description="Write the CRDs generated from agent_operator.api.",
+        default_root="crds",
+        generate=lambda _root: generate(),
+        header=HEADER,
+        remedy="the CRDs do not match agent_operator/api.py: run `make crds`",
     )
-    parser.add_argument(
-        "--check", action="store_true", help="write nothing; exit 1 naming stale files"
-    )
-    parser.add_argument("outdir", nargs="?", default="crds", type=Path)
-    args = parser.parse_args(argv)
-    outdir: Path = args.outdir
-    wanted = generate()
-    outdated = stale(outdir, wanted)
-    if args.check:
-        for name in outdated:
-            print(f"stale: {outdir / name}", file=sys.stderr)
-        if outdated:
-            print("the CRDs do not match agent_operator/api.py: run `make crds`", file=sys.stderr)
-        return 1 if outdated else 0
-    outdir.mkdir(parents=True, exist_ok=True)
-    for name in outdated:
-        path = outdir / name
-        if name in wanted:
-            path.write_text(wanted[name], encoding="utf-8")
-            print(f"wrote {path}")
-        else:
-            path.unlink()
-            print(f"removed {path}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from kmock import (
     KubernetesError,
     Request,
     ResourceInfo,
-    Server,
     action,
     resource,
 )
@@ -33,6 +32,7 @@ from kubernetes import client, config
 from agent_operator.kube import handlers
 from agent_operator.kube.reconciler import TaskLoop, Wakers
 from agent_operator.kube.settings import OperatorSettings
+from tests.support.kube import serve_emulator
 
 GROUP = "agentoperator.io/v1alpha1"
 TASKS = resource("agentoperator.io", "v1alpha1", "agenttasks")
@@ -297,70 +297,35 @@ class Emulated:
         self.batch.patch_namespaced_job_status(meta["name"], NS, {"status": status})
 
 
-def _kubeconfig(path: Path, server: str) -> Path:
-    path.write_text(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "c", "cluster": {"server": server}}],
-                "users": [{"name": "u", "user": {"token": "operator"}}],
-                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
-                "current-context": "c",
-            }
-        )
+def _declare_resources(emulator: Any) -> None:
+    resources = emulator.resources
+    resources[f"{GROUP}/agenttasks"] = ResourceInfo(
+        kind="AgentTask", namespaced=True, subresources=["status"], verbs=VERBS
     )
-    return path
+    resources[f"{GROUP}/approvalrequests"] = ResourceInfo(
+        kind="ApprovalRequest", namespaced=True, subresources=["status"], verbs=VERBS
+    )
+    resources[f"{GROUP}/agentpools"] = ResourceInfo(
+        kind="AgentPool", namespaced=True, subresources=["status", "scale"], verbs=VERBS
+    )
+    resources["batch/v1/jobs"] = ResourceInfo(
+        kind="Job", namespaced=True, subresources=["status"], verbs=VERBS
+    )
+    for path, kind in [
+        ("v1/namespaces", "Namespace"),
+        ("apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition"),
+    ]:  # Kopf waits for these to be served before it watches anything
+        resources[path] = ResourceInfo(kind=kind, namespaced=False, verbs=VERBS)
+    for plural, kind in [("pods", "Pod"), ("events", "Event"), ("secrets", "Secret")]:
+        resources[f"v1/{plural}"] = ResourceInfo(kind=kind, namespaced=True, verbs=VERBS)
 
 
 @contextmanager
 def emulated_cluster(tmp_path: Path) -> Iterator[Emulated]:
     """kmock's emulator with the project's resources, on its own event loop."""
-    started = threading.Event()
-    state: dict[str, Any] = {}
-
-    async def serve() -> None:
-        async with RefusingEmulator() as emulator, Server(emulator) as server:
-            resources = emulator.resources
-            resources[f"{GROUP}/agenttasks"] = ResourceInfo(
-                kind="AgentTask", namespaced=True, subresources=["status"], verbs=VERBS
-            )
-            resources[f"{GROUP}/approvalrequests"] = ResourceInfo(
-                kind="ApprovalRequest", namespaced=True, subresources=["status"], verbs=VERBS
-            )
-            resources[f"{GROUP}/agentpools"] = ResourceInfo(
-                kind="AgentPool", namespaced=True, subresources=["status", "scale"], verbs=VERBS
-            )
-            resources["batch/v1/jobs"] = ResourceInfo(
-                kind="Job", namespaced=True, subresources=["status"], verbs=VERBS
-            )
-            for path, kind in [
-                ("v1/namespaces", "Namespace"),
-                ("apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition"),
-            ]:  # Kopf waits for these to be served before it watches anything
-                resources[path] = ResourceInfo(kind=kind, namespaced=False, verbs=VERBS)
-            for plural, kind in [
-                ("pods", "Pod"),
-                ("events", "Event"),
-                ("secrets", "Secret"),
-            ]:
-                resources[f"v1/{plural}"] = ResourceInfo(kind=kind, namespaced=True, verbs=VERBS)
-            stop = asyncio.Event()
-            state.update(emulator=emulator, url=str(server.url).rstrip("/"), stop=stop)
-            state["loop"] = asyncio.get_running_loop()
-            started.set()
-            await stop.wait()
-
-    thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
-    thread.start()
-    assert started.wait(30), "the emulator did not start"
-    path = _kubeconfig(tmp_path / "kubeconfig", state["url"])
-    api = config.new_client_from_config(config_file=str(path))
-    try:
-        yield Emulated(state["emulator"], state["url"], path, api, state["loop"])
-    finally:
-        state["loop"].call_soon_threadsafe(state["stop"].set)
-        thread.join(30)
+    with serve_emulator(tmp_path, _declare_resources, "operator", RefusingEmulator) as served:
+        api = config.new_client_from_config(config_file=str(served.kubeconfig))
+        yield Emulated(served.emulator, served.url, served.kubeconfig, api, served.loop)
 
 
 @contextmanager

@@ -7,20 +7,18 @@ what the tools send and how they read answers; a real API server comes with the 
 
 from __future__ import annotations
 
-import asyncio
-import json
 import tempfile
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kmock import KubernetesEmulator, ResourceInfo, Server, resource
+from kmock import KubernetesEmulator, ResourceInfo, resource
 
 from agent_runtime.registry import RiskLevel, ToolFailure, ToolRegistry
 from tests.runtime.helpers import call
+from tests.support.kube import serve_emulator, write_kubeconfig
 
 REGISTRY = ToolRegistry.default()
 CONFIG_MAP = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"}}
@@ -141,49 +139,18 @@ class Cluster:
         return [r for r in self.emulator if str(r.method.value).upper() == method]
 
 
-def kubeconfig(path: Path, server: str) -> Path:
-    path.write_text(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "c", "cluster": {"server": server}}],
-                "users": [{"name": "u", "user": {"token": "step-token"}}],
-                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
-                "current-context": "c",
-            }
-        )
-    )
-    return path
+def _seed(emulator: KubernetesEmulator) -> None:
+    emulator.resources["v1/configmaps"] = ResourceInfo(kind="ConfigMap", namespaced=True)
+    emulator.resources["v1/namespaces"] = ResourceInfo(kind="Namespace", namespaced=False)
+    emulator.objects[CONFIG_MAPS, "team-a", "settings"] = SEEDED
 
 
 @pytest.fixture
 def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
     """The emulator serving ConfigMaps (namespaced) and Namespaces, on its own event loop."""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the client's discovery cache
-    started = threading.Event()
-    state: dict[str, Any] = {}
-
-    async def serve() -> None:
-        async with KubernetesEmulator() as emulator, Server(emulator) as server:
-            emulator.resources["v1/configmaps"] = ResourceInfo(kind="ConfigMap", namespaced=True)
-            emulator.resources["v1/namespaces"] = ResourceInfo(kind="Namespace", namespaced=False)
-            emulator.objects[CONFIG_MAPS, "team-a", "settings"] = SEEDED
-            stop = asyncio.Event()
-            state.update(emulator=emulator, url=str(server.url).rstrip("/"), stop=stop)
-            state["loop"] = asyncio.get_running_loop()
-            started.set()
-            await stop.wait()
-
-    thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
-    thread.start()
-    assert started.wait(30)
-    config = kubeconfig(tmp_path / "kubeconfig", state["url"])
-    try:
-        yield Cluster(state["emulator"], {"KUBECONFIG": str(config)})
-    finally:
-        state["loop"].call_soon_threadsafe(state["stop"].set)
-        thread.join(30)
+    with serve_emulator(tmp_path, _seed, "step-token") as served:
+        yield Cluster(served.emulator, {"KUBECONFIG": str(served.kubeconfig)})
 
 
 TARGET = {"apiVersion": "v1", "kind": "ConfigMap", "namespace": "team-a"}
@@ -250,6 +217,6 @@ def test_delete_is_idempotent(cluster: Cluster) -> None:
 
 
 def test_unreachable_api_server(tmp_path: Path) -> None:
-    config = kubeconfig(tmp_path / "kubeconfig", "http://127.0.0.1:1")
+    config = write_kubeconfig(tmp_path / "kubeconfig", "http://127.0.0.1:1", "step-token")
     with pytest.raises(ToolFailure, match="cannot reach the Kubernetes API server"):
         call("kubernetes_get", {**TARGET, "name": "x"}, env={"KUBECONFIG": str(config)})
