@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -144,7 +145,9 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     registry = ToolRegistry.default()
     if args.dry_run:
         task.metadata.uid = "dry-run"
-        decision = decide(Observed(task=task, now=_now(), pool=pool.spec, registry=registry))
+        decision = decide(
+            Observed(task=task, now=datetime.now(UTC), pool=pool.spec, registry=registry)
+        )
         task = task.model_copy(update={"status": decision.status})
         if decision.status.phase == TaskPhase.failed:
             print(f"the plan is not valid: {decision.status.message}", file=out)
@@ -197,12 +200,6 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         return EXIT_OK if task.status.phase == TaskPhase.succeeded else EXIT_FAILED
     finally:
         store.close()
-
-
-def _now() -> Any:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -14,8 +14,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from agent_operator.api import (
     AgentPool,
@@ -314,21 +313,3 @@ def refuse_unattended(request: RequestApproval) -> tuple[ApprovalPhase, str, str
         "local:no-terminal",
         "needs approval but no terminal is attached; rerun in a terminal or with --approve-all",
     )
-
-
-def workdir_for(uid: str, base: Path) -> Path:
-    return base / uid
-
-
-def describe_plan(task: AgentTask) -> list[dict[str, Any]]:
-    return [
-        {
-            "id": s.id,
-            "tool": s.tool,
-            "dependsOn": s.depends_on,
-            "risk": s.risk.level.value,
-            "approval": s.risk.requires_approval,
-            "params": s.params,
-        }
-        for s in task.status.plan or []
-    ]
