@@ -18,7 +18,7 @@ from agent_operator.store import Store, resolve_url
 REPO = Path(__file__).resolve().parent.parent
 
 # Fixtures defined next to the helpers they drive.
-pytest_plugins = ["tests.support.openai_server"]
+pytest_plugins = ["tests.support.openai_server", "tests.support.relay"]
 
 
 # --- checkpoint store -------------------------------------------------------

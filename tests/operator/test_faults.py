@@ -20,7 +20,7 @@ from agent_operator.core.naming import job_name
 from agent_operator.kube.reconciler import OperatorContext
 from agent_operator.kube.settings import OperatorSettings
 from agent_operator.store import Store
-from tests.store.test_store_outage import Relay
+from tests.support.relay import Relay
 
 from .harness import (
     JOBS,
@@ -254,17 +254,6 @@ def test_a_dropped_job_watch_reconnects_and_events_still_arrive(
 
 
 # --- store outage ---------------------------------------------------------------------------
-
-
-@pytest.fixture
-def relay(postgres_dsn: str) -> Iterator[Relay]:
-    url = make_url(postgres_dsn)
-    assert url.host is not None and url.port is not None
-    relay = Relay(url.host, url.port)
-    try:
-        yield relay
-    finally:
-        relay.close()
 
 
 @pytest.mark.store
