@@ -22,7 +22,12 @@ from agent_operator.kube.manifests import (
     MANAGED_SELECTOR,
     pool_selector,
 )
-from agent_operator.kube.reconciler import OperatorContext, TaskLoop
+from agent_operator.kube.reconciler import (
+    EventPoster,
+    ObjectLoggerFactory,
+    OperatorContext,
+    TaskLoop,
+)
 from agent_operator.kube.settings import OperatorSettings
 from agent_operator.store import StoreUnavailable
 
@@ -40,11 +45,22 @@ def _api_client() -> client.ApiClient:
     return config.new_client_from_config(config_file=os.environ.get("KUBECONFIG"))
 
 
-def _post_event(body: Any, event: Event) -> None:
-    text = f"step {event.step_id}: {event.message}" if event.step_id else event.message
-    kopf.event(
-        body, type="Warning" if event.warning else "Normal", reason=event.reason, message=text
-    )
+def _event_poster(object_logger: ObjectLoggerFactory) -> EventPoster:
+    """Each transition becomes a Kubernetes Event and a log line; in JSON logs the line
+    carries the task (`object`), the step and the reason as fields of their own."""
+
+    def post(body: Any, event: Event) -> None:
+        text = f"step {event.step_id}: {event.message}" if event.step_id else event.message
+        kind = "Warning" if event.warning else "Normal"
+        kopf.event(body, type=kind, reason=event.reason, message=text)
+        fields: dict[str, Any] = {"reason": event.reason}
+        if event.step_id:
+            fields |= {"step": event.step_id, "attempt": event.attempt}
+        object_logger(body).log(
+            logging.WARNING if event.warning else logging.INFO, text, extra=fields
+        )
+
+    return post
 
 
 def _job_done(job: Obj) -> bool:
@@ -106,7 +122,14 @@ def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         LABEL_TASK_UID,
         on_pod,
     )
-    ctx = OperatorContext(operator, cluster, jobs, pods, _post_event)
+
+    def object_logger(body: Any) -> logging.LoggerAdapter[Any]:
+        """Lines that carry the object (`object` in JSON logs) and post no Event of their own."""
+        return kopf.LocalObjectLogger(body=body, settings=settings)
+
+    ctx = OperatorContext(
+        operator, cluster, jobs, pods, _event_poster(object_logger), object_logger
+    )
     memo["ctx"] = ctx
     jobs.start()
     pods.start()
@@ -135,11 +158,12 @@ def approvals_by_task(labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[An
     return {labels.get(LABEL_TASK_UID): body}
 
 
-# The index kwargs are Kopf's own, but its protocol does not list them.
-@kopf.daemon(GROUP, VERSION, "agenttasks", cancellation_timeout=10.0)  # type: ignore[arg-type]
-def drive_task(
+# Cancelled at once when the operator stops or the task is deleted; the pass in flight may
+# take this long (API calls, LLM planning) to finish. The index kwargs are Kopf's own, but
+# its protocol does not list them.
+@kopf.daemon(GROUP, VERSION, "agenttasks", cancellation_timeout=60.0)  # type: ignore[arg-type]
+async def drive_task(
     body: kopf.Body,
-    stopped: kopf.DaemonStopped,
     memo: kopf.Memo,
     pools_by_name: kopf.Index[Any, Any],
     approvals_by_task: kopf.Index[Any, Any],
@@ -151,7 +175,7 @@ def drive_task(
         found = list(pools_by_name.get((namespace, name), []))
         return found[0] if found else None
 
-    TaskLoop(memo["ctx"], body, pool, lambda uid: list(approvals_by_task.get(uid, []))).run(stopped)
+    await TaskLoop(memo["ctx"], body, pool, lambda uid: list(approvals_by_task.get(uid, []))).run()
 
 
 @kopf.on.event(GROUP, VERSION, "agenttasks")
@@ -230,10 +254,10 @@ def record_decision(
     metrics.APPROVALS_PENDING.dec()
     reason = body.get("spec", {}).get("reason") or "no reason given"
     message = f"{new.lower()} by {decided_by}: {reason}" if decided_by else reason
-    kopf.event(body, type="Normal", reason=f"Step{new}", message=message)
-    ctx: OperatorContext | None = memo.get("ctx")
-    if ctx is not None:
-        ctx.wakers.wake(meta.get("labels", {}).get(LABEL_TASK_UID, ""))
+    ctx: OperatorContext = memo["ctx"]
+    step = body.get("spec", {}).get("stepId")
+    ctx.post_event(body, Event(EventKind.approval_decided, f"Step{new}", message, step_id=step))
+    ctx.wakers.wake(meta.get("labels", {}).get(LABEL_TASK_UID, ""))
 
 
 @kopf.on.event(GROUP, VERSION, "approvalrequests")

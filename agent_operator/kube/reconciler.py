@@ -1,6 +1,7 @@
 """One AgentTask driven to its end: observe, decide, record, act, wait.
 
-Each task has its own loop (a Kopf daemon thread). It is woken by the watches
+Each task has its own loop (an async Kopf daemon: a waiting task costs a coroutine, not
+a thread; its passes run on a small shared thread pool). It is woken by the watches
 of its Jobs and Pods, by changes to the task, its ApprovalRequests and its pool,
 or by the time the core asked to look again. Everything it does is level-based:
 after a restart it observes the same Jobs and store rows and carries on.
@@ -9,10 +10,12 @@ after a restart it observes the same Jobs and store rows and carries on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -56,41 +59,64 @@ from agent_operator.planner import plan_with_llm
 from agent_operator.store import Store, StoreUnavailable
 from agent_runtime.registry import ToolRegistry, Usage
 
-log = logging.getLogger(__name__)
-
 Obj = dict[str, Any]
-EventPoster = Callable[[Obj, Event], None]
+EventPoster = Callable[[Any, Event], None]  # a Kopf body or a plain dict
+ObjectLoggerFactory = Callable[[Any], logging.LoggerAdapter[Any]]
 
-STOP_POLL_SECONDS = 1.0  # how soon a sleeping task loop notices that the operator stops
+
+@dataclass
+class _Waker:
+    loop: asyncio.AbstractEventLoop
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+    asleep: bool = False
 
 
 class Wakers:
-    """One event per task: set by watches and handlers, waited on by the task's loop."""
+    """Wakes task loops from any thread (watches, Kopf's handlers). A wake that comes while a
+    loop is busy with a pass is kept for its next wait; a wake for a task with no loop is
+    dropped (its loop's first pass observes everything anyway)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._events: dict[str, threading.Event] = {}
+        self._loops: dict[str, _Waker] = {}
 
-    def _event(self, uid: str) -> threading.Event:
+    def register(self, uid: str) -> None:
+        """Called by a task's loop, on the operator's event loop, before its first pass."""
         with self._lock:
-            return self._events.setdefault(uid, threading.Event())
-
-    def wake(self, uid: str) -> None:
-        self._event(uid).set()
-
-    def wait(self, uid: str, seconds: float, stopped: Any = None) -> None:
-        """Until woken or `seconds` pass; `stopped` (Kopf's daemon flag) is checked each
-        STOP_POLL_SECONDS, so a stopping operator is not held up by a sleeping task loop."""
-        event = self._event(uid)
-        deadline = time.monotonic() + max(seconds, 0.0)
-        while not event.wait(min(max(deadline - time.monotonic(), 0.0), STOP_POLL_SECONDS)):
-            if stopped or time.monotonic() >= deadline:
-                break
-        event.clear()
+            self._loops[uid] = _Waker(asyncio.get_running_loop())
 
     def forget(self, uid: str) -> None:
         with self._lock:
-            self._events.pop(uid, None)
+            self._loops.pop(uid, None)
+
+    def wake(self, uid: str) -> None:
+        with self._lock:
+            waker = self._loops.get(uid)
+        if waker is not None:
+            with contextlib.suppress(RuntimeError):  # the operator's event loop has closed
+                waker.loop.call_soon_threadsafe(waker.event.set)
+
+    async def wait(self, uid: str, seconds: float) -> None:
+        """Until woken or `seconds` pass."""
+        waker = self._loops[uid]
+        waker.asleep = True
+        try:
+            await asyncio.wait_for(waker.event.wait(), max(seconds, 0.0))
+        except TimeoutError:
+            pass
+        finally:
+            waker.asleep = False
+            waker.event.clear()
+
+    def running(self) -> int:
+        """Task loops now running."""
+        with self._lock:
+            return len(self._loops)
+
+    def asleep(self) -> int:
+        """Task loops now waiting to be woken."""
+        with self._lock:
+            return sum(1 for w in self._loops.values() if w.asleep)
 
 
 @dataclass
@@ -102,10 +128,12 @@ class OperatorContext:
     jobs: LabelledCache
     pods: LabelledCache
     post_event: EventPoster
+    object_logger: ObjectLoggerFactory
     registry: ToolRegistry = field(default_factory=ToolRegistry.default)
     ledger: PoolLedger = field(default_factory=PoolLedger)
     wakers: Wakers = field(default_factory=Wakers)
     phases: dict[str, TaskPhase] = field(default_factory=dict)
+    passes: ThreadPoolExecutor = field(init=False)  # where task loops make their passes
     _store: Store | None = None
     _store_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -116,7 +144,11 @@ class OperatorContext:
                 self._store = Store.open(self.settings.dsn)
             return self._store
 
+    def __post_init__(self) -> None:
+        self.passes = ThreadPoolExecutor(self.settings.workers, thread_name_prefix="task-pass")
+
     def close(self) -> None:
+        self.passes.shutdown(wait=True)
         with self._store_lock:
             if self._store is not None:
                 self._store.close()
@@ -144,6 +176,7 @@ class TaskLoop:
     ) -> None:
         self.ctx = ctx
         self.body = body
+        self.log = ctx.object_logger(body)
         self.pools = pools
         self.approvals = approvals
         self.planning: PlanningResult | None = None
@@ -157,23 +190,36 @@ class TaskLoop:
     def uid(self) -> str:
         return str(self.body["metadata"]["uid"])
 
-    def run(self, stopped: Any) -> None:
-        while not stopped:
-            try:
-                wait = self.step()
-            except (ApiException, urllib3.exceptions.HTTPError) as error:
-                # Like a store outage: keep the task's place and look again soon. Nothing is
-                # lost: the next pass observes again, and what was written is not redone.
-                metrics.API_ERRORS.labels("kubernetes").inc()
-                log.warning("task %s: Kubernetes API call failed (%s); retrying", self.uid, error)
-                wait = self.ctx.settings.api_retry_seconds
-            if wait is None:
-                self.ctx.wakers.forget(self.uid)
-                self.ctx.ledger.forget(self.uid)
-                return
-            self.ctx.wakers.wait(
-                self.uid, min(wait, self.ctx.settings.idle_requeue_seconds), stopped
-            )
+    async def run(self) -> None:
+        """Passes until the task ends, each on a worker thread, so a waiting task holds no
+        thread. A pass is never cut short: when the loop is cancelled (the operator stops,
+        the task is deleted), the pass in flight finishes first."""
+        wakers = self.ctx.wakers
+        wakers.register(self.uid)
+        try:
+            while True:
+                # With Kopf's context (its event poster lives in context variables).
+                context = contextvars.copy_context()
+                work = asyncio.get_running_loop().run_in_executor(
+                    self.ctx.passes, context.run, self._pass
+                )
+                wait = await _whole(work)
+                if wait is None:
+                    self.ctx.ledger.forget(self.uid)
+                    return
+                await wakers.wait(self.uid, min(wait, self.ctx.settings.idle_requeue_seconds))
+        finally:
+            wakers.forget(self.uid)
+
+    def _pass(self) -> float | None:
+        try:
+            return self.step()
+        except (ApiException, urllib3.exceptions.HTTPError) as error:
+            # Like a store outage: keep the task's place and look again soon. Nothing is
+            # lost: the next pass observes again, and what was written is not redone.
+            metrics.API_ERRORS.labels("kubernetes").inc()
+            self.log.warning("Kubernetes API call failed (%s); retrying", error)
+            return self.ctx.settings.api_retry_seconds
 
     def step(self) -> float | None:
         """One pass; the seconds until the next look, or None when the task has ended."""
@@ -488,3 +534,12 @@ def _plain_value(value: Any) -> Any:
     if isinstance(value, list):
         return [_plain_value(v) for v in value]
     return value
+
+
+async def _whole(work: asyncio.Future[float | None]) -> float | None:
+    """Await `work`; if cancelled meanwhile, let it finish, then pass the cancellation on."""
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        await asyncio.wait([work])
+        raise

@@ -35,6 +35,12 @@ class OperatorSettings(BaseModel):
         default=2.0, description="Retry delay after a failed Kubernetes API call."
     )
     idle_requeue_seconds: float = Field(default=60.0, description="Longest wait between looks.")
+    workers: int = Field(
+        default=16,
+        ge=1,
+        description="Threads for task passes (Kubernetes, store and LLM calls); a waiting "
+        "task holds none, and passes beyond this number wait their turn.",
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
@@ -48,4 +54,5 @@ class OperatorSettings(BaseModel):
             health_port=int(env.get("AGENT_OPERATOR_HEALTH_PORT", "8081")),
             log_format=LogFormat(env.get("AGENT_OPERATOR_LOG_FORMAT", "plain")),
             peering=env.get("AGENT_OPERATOR_PEERING", "false").lower() in ("1", "true", "yes"),
+            workers=int(env.get("AGENT_OPERATOR_WORKERS", "16")),
         )

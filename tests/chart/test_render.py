@@ -40,6 +40,7 @@ VALUE_SETS: dict[str, Obj] = {
         "store": {"existingSecret": "pg", "key": "url", "shareWithSteps": True},
         "approvals": {"forbidSelfApproval": True},
         "logFormat": "json",
+        "workers": 4,
     },
     "ha": {"replicaCount": 3, "podDisruptionBudget": {"enabled": True}},
     "ha-namespaced": {"replicaCount": 2, "watchNamespaces": ["team-a"]},
@@ -344,6 +345,7 @@ def test_settings_come_through_as_the_values_say(rendered: dict[str, Rendered]) 
     assert namespaced.namespaces == ["team-a", "team-b"]
     assert namespaced.dsn_secret == ("pg", "url") and namespaced.dsn == "<from a Secret>"
     assert namespaced.log_format == LogFormat.json
+    assert (default.workers, namespaced.workers) == (16, 4)
 
     assert OperatorSettings.from_env(operator_env(rendered["ha"])).peering is True
     minimal = OperatorSettings.from_env(operator_env(rendered["minimal"]))

@@ -71,6 +71,7 @@ REFUSED = [
     pytest.param({"replicaCount": 0}, "/replicaCount", id="no-replicas"),
     pytest.param({"replicaCount": "2"}, "/replicaCount", id="replicas-as-text"),
     pytest.param({"logFormat": "xml"}, "/logFormat", id="log-format"),
+    pytest.param({"workers": 0}, "/workers", id="no-workers"),
     pytest.param({"replicas": 2}, "additional properties 'replicas'", id="unknown-key"),
     pytest.param({"rbac": {"create": True, "wildcard": True}}, "'wildcard'", id="unknown-nested"),
     pytest.param({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy", id="pull-policy"),

@@ -259,6 +259,7 @@ class OperatorProcess:
             AGENT_OPERATOR_DSN=self.dsn,
             AGENT_OPERATOR_METRICS_PORT=str(self.metrics_port),
             AGENT_OPERATOR_HEALTH_PORT=str(self.health_port),
+            AGENT_OPERATOR_LOG_FORMAT="json",
             PYTHONUNBUFFERED="1",
         )
         return env

@@ -374,6 +374,15 @@ def test_static_dag_runs_to_success(
         ("settle", 1, "Succeeded"),
     ]
 
+    # The operator's JSON log tells each step's story with the task and the step as fields.
+    logged = [json.loads(line) for line in operator.log.read_text().splitlines() if line[:1] == "{"]
+    told = {
+        (r["step"], r["reason"])
+        for r in logged
+        if r.get("object", {}).get("uid") == uid and "step" in r
+    }
+    assert {("read-config", "StepStarted"), ("report", "StepSucceeded")} <= told, told
+
 
 PLAN = {
     "steps": [

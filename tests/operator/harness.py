@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,7 +29,6 @@ from kmock import (
 from kubernetes import client, config
 
 from agent_operator.kube import handlers
-from agent_operator.kube.reconciler import TaskLoop, Wakers
 from agent_operator.kube.settings import OperatorSettings
 from tests.support.kube import serve_emulator
 
@@ -332,7 +330,8 @@ def emulated_cluster(tmp_path: Path) -> Iterator[Emulated]:
 def running_operator(settings: OperatorSettings) -> Iterator[kopf.Memo]:
     """The real operator (handlers, daemons, watches) in a thread, stopped on exit.
 
-    Yields the operator's memo: `memo["ctx"]` is its OperatorContext (caches, ledger).
+    Yields the operator's memo: `memo["ctx"]` is its OperatorContext (caches, ledger, the
+    wakers that count running and sleeping task loops).
     """
     assert handlers.FINALIZER  # the module's handlers are registered by importing it
     stop, ready = threading.Event(), threading.Event()
@@ -356,23 +355,8 @@ def running_operator(settings: OperatorSettings) -> Iterator[kopf.Memo]:
         stop.set()
         thread.join(30)
         assert not thread.is_alive(), "the operator did not stop"
-        assert task_loops_running() == 0, "the operator stopped but left task loops running"
-
-
-def task_loops_running(asleep: bool = False) -> int:
-    """Threads now inside a task's loop (Kopf cannot kill the thread of a sync daemon);
-    with `asleep`, only those waiting to be woken."""
-    run, wait = TaskLoop.run.__code__, Wakers.wait.__code__
-    count = 0
-    for frame in sys._current_frames().values():
-        codes = []
-        walker: Any = frame
-        while walker is not None:
-            codes.append(walker.f_code)
-            walker = walker.f_back
-        if run in codes and (not asleep or wait in codes):
-            count += 1
-    return count
+        ctx = memo.get("ctx")
+        assert ctx is None or ctx.wakers.running() == 0, "the operator left task loops running"
 
 
 def eventually(check: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:

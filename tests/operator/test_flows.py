@@ -41,7 +41,6 @@ from .harness import (
     running_operator,
     step_jobs,
     succeeded,
-    task_loops_running,
     task_status,
     wait_job,
     wait_phase,
@@ -144,6 +143,23 @@ def test_an_approved_step_runs_and_the_task_succeeds(
     final = wait_phase(cluster, "ask", "Succeeded")
     assert conditions(final)["Approved"]["status"] == "True"
     assert len(cluster.jobs()) == 1
+
+
+def test_more_waiting_tasks_than_threads_all_progress_and_decisions_are_heard(
+    cluster: Emulated, operator: kopf.Memo
+) -> None:
+    """A task waiting (for a person, a Job or a pool slot) holds no thread: more of them than
+    Kopf has threads for its handlers (at most 32) all get their ApprovalRequests, and a
+    decision on the last one is still heard and runs its step."""
+    count = 40
+    for i in range(count):
+        cluster.create("agenttasks", gated(f"wait-{i}", {"id": f"gate-{i}", "tool": "noop"}))
+    eventually(lambda: len(approvals(cluster)) == count, what=f"{count} ApprovalRequests")
+    last = f"gate-{count - 1}"
+    decide(cluster, approval_of(cluster, last), "Approved", "go")
+    cluster.finish_job(wait_job(cluster, last), succeeded({}))
+    wait_phase(cluster, f"wait-{count - 1}", "Succeeded")
+    assert len(cluster.jobs()) == 1  # the others still wait for their decisions
 
 
 def test_a_rejected_step_fails_the_task_without_running(
@@ -281,7 +297,7 @@ def test_a_restarted_operator_resumes_where_the_last_one_stopped(
             {"id": "two", "tool": "noop", "params": {"outputs": {"x": "${steps.one.outputs.n}"}}},
         ]
     }
-    with running_operator(settings):
+    with running_operator(settings) as memo:
         cluster.create("agenttasks", agent_task("phoenix", chain))
         first = wait_job(cluster, "one")
         eventually(
@@ -289,7 +305,7 @@ def test_a_restarted_operator_resumes_where_the_last_one_stopped(
             what="step one Running in the status",
         )
         # Stopped while the task's loop sleeps: the loop ends too (running_operator checks).
-        eventually(lambda: task_loops_running(asleep=True) == 1, what="the task's loop asleep")
+        eventually(lambda: memo["ctx"].wakers.asleep() == 1, what="the task's loop asleep")
     # The operator is gone: the step finishes with nobody watching.
     cluster.finish_job(first, succeeded({"n": 7}))
     assert step_jobs(cluster, "two") == []

@@ -4,30 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from agent_operator.kube.settings import OperatorSettings
 from agent_operator.store import Store
 
-from .harness import NS, Emulated, emulated_cluster, eventually, running_operator
-
-POOL = {
-    "apiVersion": "agentoperator.io/v1alpha1",
-    "kind": "AgentPool",
-    "metadata": {"name": "default", "namespace": NS, "uid": "pool-uid"},
-    "spec": {"replicas": 2, "template": {"image": "agent-runtime:test"}},
-}
-
-
-def agent_task(name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "apiVersion": "agentoperator.io/v1alpha1",
-        "kind": "AgentTask",
-        "metadata": {"name": name, "namespace": NS, "uid": f"uid-{name}", "generation": 1},
-        "spec": spec,
-    }
+from .harness import (
+    Emulated,
+    agent_task,
+    conditions,
+    emulated_cluster,
+    pool,
+    running_operator,
+    succeeded,
+    wait_job,
+    wait_phase,
+)
 
 
 @pytest.fixture
@@ -40,7 +33,7 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Emulate
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     with emulated_cluster(tmp_path) as emulated:
         monkeypatch.setenv("KUBECONFIG", str(emulated.kubeconfig))
-        emulated.create("agentpools", POOL)
+        emulated.create("agentpools", pool())
         yield emulated
 
 
@@ -48,28 +41,6 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Emulate
 def operator(cluster: Emulated, dsn: str) -> Iterator[None]:
     with running_operator(OperatorSettings(dsn=dsn, metrics_port=0)):
         yield
-
-
-def status(cluster: Emulated, name: str) -> dict[str, Any]:
-    return cluster.get("agenttasks", name).get("status") or {}
-
-
-def job_for(cluster: Emulated, step: str, attempt: int = 1) -> dict[str, Any]:
-    def find() -> dict[str, Any] | None:
-        for job in cluster.jobs():
-            labels = job["metadata"]["labels"]
-            if labels["agentoperator.io/step"] == step and labels[
-                "agentoperator.io/attempt"
-            ] == str(attempt):
-                return job
-        return None
-
-    found: dict[str, Any] = eventually(find, what=f"the Job of {step}/{attempt}")
-    return found
-
-
-def ok(outputs: dict[str, Any]) -> dict[str, Any]:
-    return {"ok": True, "outputs": outputs, "message": "", "usage": {"tokens": 0, "costUSD": 0}}
 
 
 def test_a_chain_runs_job_by_job_to_succeeded_with_checkpoints(
@@ -91,24 +62,20 @@ def test_a_chain_runs_job_by_job_to_succeeded_with_checkpoints(
             },
         ),
     )
-    first = job_for(cluster, "fetch")
+    first = wait_job(cluster, "fetch")
     assert first["metadata"]["ownerReferences"][0]["uid"] == "uid-chain"
     assert len(cluster.jobs()) == 1  # the second step waits for the first
-    cluster.finish_job(first, ok({"n": 41}))
-    second = job_for(cluster, "use")
+    cluster.finish_job(first, succeeded({"n": 41}))
+    second = wait_job(cluster, "use")
     env = {
         e["name"]: e.get("value")
         for e in second["spec"]["template"]["spec"]["containers"][0]["env"]
     }
     assert '"m":41' in env["AGENT_STEP"].replace(" ", "")
-    cluster.finish_job(second, ok({"m": 41}))
-    done = eventually(
-        lambda: status(cluster, "chain").get("phase") == "Succeeded", what="Succeeded"
-    )
-    assert done
-    final = status(cluster, "chain")
+    cluster.finish_job(second, succeeded({"m": 41}))
+    final = wait_phase(cluster, "chain", "Succeeded")
     assert final["outputs"] == {"use": {"m": 41}}
-    assert {c["type"]: c["status"] for c in final["conditions"]}["Ready"] == "True"
+    assert conditions(final)["Ready"]["status"] == "True"
     assert len(cluster.jobs()) == 2
     with Store.open(dsn) as store:
         attempts = {(a.step_id, a.attempt): a.phase for a in store.attempts("uid-chain")}
@@ -129,8 +96,7 @@ def test_a_task_naming_a_missing_pool_fails_with_a_reason(
             "orphan", {"poolRef": {"name": "ghost"}, "steps": [{"id": "a", "tool": "noop"}]}
         ),
     )
-    eventually(lambda: status(cluster, "orphan").get("phase") == "Failed", what="Failed")
-    final = status(cluster, "orphan")
+    final = wait_phase(cluster, "orphan", "Failed")
     assert final["reason"] == "PoolNotFound"
     assert "AgentPool 'ghost'" in final["message"]
     assert cluster.jobs() == []
