@@ -23,8 +23,6 @@ Times on a shared machine vary from run to run: compare the ratios and the count
 from __future__ import annotations
 
 import argparse
-import http.client
-import os
 import shutil
 import subprocess
 import sys
@@ -40,26 +38,19 @@ from typing import Any
 import psycopg
 from kubernetes import client, config, watch
 
-from tests.e2e.cluster import ControlPlane, die_with_parent, free_ports
+from agent_operator.api import GROUP, VERSION
+from agent_operator.kube.manifests import LABEL_STEP, LABEL_TASK, MANAGED_SELECTOR
+from tests.e2e.cluster import ControlPlane
+from tests.e2e.conftest import OperatorProcess
 from tests.e2e.kubelet import LocalKubelet, project_images
-from tests.operator.harness import (
-    JOBS,
-    Emulated,
-    emulated_cluster,
-    pool,
-    succeeded,
-)
-from tests.operator.harness import (
-    agent_task as emulated_task,
-)
+from tests.operator.harness import JOBS, Emulated, emulated_cluster, pool, succeeded
+from tests.operator.harness import agent_task as emulated_task
+from tests.support.postgres import local_postgres
 
 REPO = Path(__file__).resolve().parent.parent
-GROUP, VERSION = "agentoperator.io", "v1alpha1"
 NAMESPACE = "bench"
 NODE = "bench-node"
 RUNTIME_IMAGE = "agent-runtime:bench"  # run by the local kubelet as the installed agent-runtime
-MANAGED = "app.kubernetes.io/managed-by=agent-operator"
-STEP, TASK = "agentoperator.io/step", "agentoperator.io/task"
 BENCH_AGENT = "agent-operator-bench"  # the User-Agent of this process's own requests
 STATS_FLUSH_SECONDS = 11  # Postgres publishes an idle backend's statistics within 10 s
 
@@ -87,56 +78,15 @@ def chain(steps: int) -> list[dict[str, Any]]:
 
 
 @contextmanager
-def postgres() -> Iterator[str]:
-    """A fresh local Postgres server; its DSN."""
-    script = str(REPO / "hack" / "postgres.sh")
-    workdir = tempfile.mkdtemp(prefix="agent-operator-bench-pg-")
-    try:
-        started = subprocess.run(
-            [script, "start", workdir], capture_output=True, text=True, check=True
-        )
-        yield started.stdout.strip()
-    finally:
-        subprocess.run([script, "stop", workdir], capture_output=True, check=False)
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-@contextmanager
 def operator_process(kubeconfig: Path, dsn: str, log: Path) -> Iterator[int]:
-    """`python -m agent_operator`, started once its metrics answer; its pid."""
-    (metrics_port,) = free_ports(1)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENT_OPERATOR_", "KUBE"))}
-    env |= {
-        "KUBECONFIG": str(kubeconfig),
-        "AGENT_OPERATOR_DSN": dsn,
-        "AGENT_OPERATOR_METRICS_PORT": str(metrics_port),
-        "AGENT_OPERATOR_HEALTH_PORT": "0",
-    }
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "agent_operator"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent,
-        )
+    """The operator as the e2e tier runs it (`python -m agent_operator`); its pid."""
+    operator = OperatorProcess(kubeconfig, dsn, log)
+    operator.start()
     try:
-        wait_for(lambda: _answers(metrics_port), 60, "the operator to start", poll=0.2)
-        yield process.pid
+        assert operator.process is not None
+        yield operator.process.pid
     finally:
-        process.terminate()
-        process.wait(120)
-
-
-def _answers(port: int) -> bool:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-    try:
-        connection.request("GET", "/metrics")
-        return connection.getresponse().status == 200
-    except OSError:
-        return False
-    finally:
-        connection.close()
+        operator.stop()
 
 
 def memory(pid: int) -> tuple[int, int]:
@@ -228,7 +178,7 @@ def run_emulated_chain(cluster: Emulated, name: str, steps: int) -> None:
 def _emulated_job(cluster: Emulated, task: str, step: str) -> dict[str, Any] | None:
     for job in cluster.objects(JOBS):
         labels = job["metadata"].get("labels", {})
-        if labels.get(TASK) == task and labels.get(STEP) == step:
+        if labels.get(LABEL_TASK) == task and labels.get(LABEL_STEP) == step:
             return job
     return None
 
@@ -275,7 +225,7 @@ class Sightings:
 
     def _follow(self, stream: watch.Watch, lister: Any, record: Callable[[Any], None]) -> None:
         try:
-            for event in stream.stream(lister, NAMESPACE, label_selector=MANAGED):
+            for event in stream.stream(lister, NAMESPACE, label_selector=MANAGED_SELECTOR):
                 record(event["raw_object"])
         except Exception:
             if not self.stopped:
@@ -283,7 +233,7 @@ class Sightings:
 
     def _key(self, obj: Any) -> tuple[str, str]:
         labels = obj["metadata"]["labels"]
-        return labels[TASK], labels[STEP]
+        return labels[LABEL_TASK], labels[LABEL_STEP]
 
     def _job(self, job: Any) -> None:
         self.job_created.setdefault(self._key(job), time.perf_counter())
@@ -391,7 +341,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="agent-operator-bench-"))
-    with postgres() as dsn:
+    with local_postgres() as dsn:
         costs = per_step_costs(dsn, work / "emulated", args.steps)
         with control_plane(work) as kubeconfig:
             api = config.new_client_from_config(str(kubeconfig))

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +11,7 @@ import psycopg
 import pytest
 
 from agent_operator.store import Store, resolve_url
+from tests.support.postgres import local_postgres
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -31,20 +29,8 @@ def postgres_dsn() -> Iterator[str]:
     if external:
         yield external
         return
-    script = str(REPO / "hack" / "postgres.sh")
-    # Directly under /tmp: as root the server runs as `postgres`, which cannot
-    # enter pytest's private (0700) temporary directories.
-    workdir = tempfile.mkdtemp(prefix="agent-operator-pg-")
-    try:
-        started = subprocess.run(
-            [script, "start", workdir], capture_output=True, text=True, timeout=600, check=False
-        )
-        if started.returncode != 0:
-            pytest.fail(f"hack/postgres.sh could not start PostgreSQL:\n{started.stderr}")
-        yield started.stdout.strip()
-    finally:
-        subprocess.run([script, "stop", workdir], capture_output=True, timeout=120, check=False)
-        shutil.rmtree(workdir, ignore_errors=True)
+    with local_postgres() as dsn:
+        yield dsn
 
 
 @pytest.fixture
