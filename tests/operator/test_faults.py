@@ -6,8 +6,6 @@ Each test still drives a task to its end and checks that no step ran twice.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import kopf
@@ -29,10 +27,8 @@ from .harness import (
     Emulated,
     agent_task,
     conditions,
-    emulated_cluster,
     eventually,
     one_job_per_step,
-    pool,
     running_operator,
     step_jobs,
     succeeded,
@@ -47,21 +43,6 @@ CHAIN = {
         {"id": "two", "tool": "noop", "params": {"outputs": {"m": "${steps.one.outputs.n}"}}},
     ]
 }
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> OperatorSettings:
-    dsn = f"sqlite:///{tmp_path / 'state.db'}"
-    return OperatorSettings(dsn=dsn, metrics_port=0, store_retry_seconds=0.5, api_retry_seconds=0.5)
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Emulated]:
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    with emulated_cluster(tmp_path) as emulated:
-        monkeypatch.setenv("KUBECONFIG", str(emulated.kubeconfig))
-        emulated.create("agentpools", pool())
-        yield emulated
 
 
 def context(memo: kopf.Memo) -> OperatorContext:

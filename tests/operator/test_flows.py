@@ -10,13 +10,10 @@ from __future__ import annotations
 import base64
 import json
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import kopf
-import pytest
 from kubernetes import client
 
 from agent_operator.core.naming import job_name
@@ -33,7 +30,6 @@ from .harness import (
     Emulated,
     agent_task,
     conditions,
-    emulated_cluster,
     eventually,
     failed,
     one_job_per_step,
@@ -47,31 +43,6 @@ from .harness import (
 )
 
 API_KEY = "sk-test-flows-0123456789"
-
-
-@pytest.fixture
-def dsn(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'state.db'}"
-
-
-@pytest.fixture
-def settings(dsn: str) -> OperatorSettings:
-    return OperatorSettings(dsn=dsn, metrics_port=0, store_retry_seconds=0.5)
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Emulated]:
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    with emulated_cluster(tmp_path) as emulated:
-        monkeypatch.setenv("KUBECONFIG", str(emulated.kubeconfig))
-        emulated.create("agentpools", pool())
-        yield emulated
-
-
-@pytest.fixture
-def operator(cluster: Emulated, settings: OperatorSettings) -> Iterator[kopf.Memo]:
-    with running_operator(settings) as memo:
-        yield memo
 
 
 def approvals(cluster: Emulated) -> list[dict[str, Any]]:

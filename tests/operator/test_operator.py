@@ -2,49 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
+import kopf
 
-import pytest
-
-from agent_operator.kube.settings import OperatorSettings
 from agent_operator.store import Store
 
 from .harness import (
     Emulated,
     agent_task,
     conditions,
-    emulated_cluster,
-    pool,
-    running_operator,
     succeeded,
     wait_job,
     wait_phase,
 )
 
 
-@pytest.fixture
-def dsn(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'state.db'}"
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Emulated]:
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    with emulated_cluster(tmp_path) as emulated:
-        monkeypatch.setenv("KUBECONFIG", str(emulated.kubeconfig))
-        emulated.create("agentpools", pool())
-        yield emulated
-
-
-@pytest.fixture
-def operator(cluster: Emulated, dsn: str) -> Iterator[None]:
-    with running_operator(OperatorSettings(dsn=dsn, metrics_port=0)):
-        yield
-
-
 def test_a_chain_runs_job_by_job_to_succeeded_with_checkpoints(
-    cluster: Emulated, operator: None, dsn: str
+    cluster: Emulated, operator: kopf.Memo, dsn: str
 ) -> None:
     cluster.create(
         "agenttasks",
@@ -88,7 +61,7 @@ def test_a_chain_runs_job_by_job_to_succeeded_with_checkpoints(
 
 
 def test_a_task_naming_a_missing_pool_fails_with_a_reason(
-    cluster: Emulated, operator: None
+    cluster: Emulated, operator: kopf.Memo
 ) -> None:
     cluster.create(
         "agenttasks",
