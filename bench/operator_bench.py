@@ -42,7 +42,7 @@ from agent_operator.api import GROUP, VERSION
 from agent_operator.kube.manifests import LABEL_STEP, LABEL_TASK, MANAGED_SELECTOR
 from tests.e2e.cluster import ControlPlane
 from tests.e2e.conftest import OperatorProcess
-from tests.e2e.kubelet import LocalKubelet, project_images
+from tests.e2e.kubelet import project_kubelet
 from tests.operator.harness import JOBS, Emulated, emulated_cluster, pool, succeeded
 from tests.operator.harness import agent_task as emulated_task
 from tests.support.postgres import local_postgres
@@ -109,15 +109,7 @@ def control_plane(work: Path) -> Iterator[Path]:
     plane = ControlPlane(bin_dir, work / "control-plane")
     plane.start()
     try:
-        credentials = plane.node_credentials(NODE)
-        kubelet = LocalKubelet(
-            credentials.kubeconfig,
-            work / "kubelet",
-            project_images(Path(sys.prefix)),
-            node_name=NODE,
-            serving=(credentials.serving_cert, credentials.serving_key),
-            client_ca=credentials.client_ca,
-        )
+        kubelet = project_kubelet(plane.node_credentials(NODE), work / "kubelet", NODE)
         kubelet.start()
         try:
             kubectl = [str(bin_dir / "kubectl"), f"--kubeconfig={plane.kubeconfig}"]

@@ -27,12 +27,13 @@ sys.path.insert(0, str(ROOT))
 from tests.e2e.cluster import (  # noqa: E402
     ClusterError,
     ControlPlane,
+    NodeCredentials,
     eventually,
     record_process,
     recorded_alive,
     stop_recorded,
 )
-from tests.e2e.kubelet import LocalKubelet, project_images  # noqa: E402
+from tests.e2e.kubelet import project_kubelet  # noqa: E402
 
 NODE_NAME = "e2e-node"
 MARKER = ".agent-operator-e2e-cluster"  # only a directory holding it is ever wiped
@@ -111,14 +112,10 @@ def run_kubelet(args: argparse.Namespace) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    kubelet = LocalKubelet(
-        args.kubeconfig,
-        args.dir / "kubelet",
-        project_images(Path(sys.prefix)),
-        node_name=NODE_NAME,
-        serving=(args.serving_cert, args.serving_key),
-        client_ca=args.client_ca,
+    credentials = NodeCredentials(
+        args.kubeconfig, args.serving_cert, args.serving_key, args.client_ca
     )
+    kubelet = project_kubelet(credentials, args.dir / "kubelet", NODE_NAME)
     kubelet.start()
     logging.info("kubelet for node %s started", NODE_NAME)
     stop.wait()

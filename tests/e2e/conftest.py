@@ -28,7 +28,7 @@ import pytest
 
 from agent_operator.store import resolve_url
 from tests.e2e.cluster import ControlPlane, die_with_parent, eventually, free_ports, tail
-from tests.e2e.kubelet import LocalKubelet, project_images
+from tests.e2e.kubelet import LocalKubelet, project_kubelet
 
 REPO = Path(__file__).resolve().parents[2]
 NODE_NAME = "e2e-node"
@@ -146,14 +146,7 @@ def kubelet(
         yield None
         return
     credentials = plane.node_credentials(NODE_NAME)
-    local = LocalKubelet(
-        credentials.kubeconfig,
-        tmp_path_factory.mktemp("kubelet"),
-        project_images(Path(sys.prefix)),
-        node_name=NODE_NAME,
-        serving=(credentials.serving_cert, credentials.serving_key),
-        client_ca=credentials.client_ca,
-    )
+    local = project_kubelet(credentials, tmp_path_factory.mktemp("kubelet"), NODE_NAME)
     local.start()
     try:
         yield local

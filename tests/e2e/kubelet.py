@@ -22,6 +22,7 @@ import shutil
 import signal
 import ssl
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -39,7 +40,7 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
-from tests.e2e.cluster import die_with_parent
+from tests.e2e.cluster import NodeCredentials, die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,18 @@ def project_images(venv: Path) -> dict[str, LocalImage]:
             (str(venv / "bin" / "python"), "-m", "agent_operator"), (), env
         ),
     }
+
+
+def project_kubelet(credentials: NodeCredentials, work_dir: Path, node: str) -> LocalKubelet:
+    """A local kubelet for `node` that runs the project's images from this virtualenv."""
+    return LocalKubelet(
+        credentials.kubeconfig,
+        work_dir,
+        project_images(Path(sys.prefix)),
+        node_name=node,
+        serving=(credentials.serving_cert, credentials.serving_key),
+        client_ca=credentials.client_ca,
+    )
 
 
 class ContainerConfigError(Exception):
