@@ -335,26 +335,32 @@ class TaskLoop:
     # --- record and act --------------------------------------------------------
 
     def _record(self, task: AgentTask, decision: Decision, runs: list[StepRun]) -> None:
-        """Store first: an action is taken only once what led to it is written down."""
+        """Store first: an action is taken only once what led to it is written down. One
+        transaction; what is remembered as written is only what it committed."""
         store = self.ctx.store()
         status, meta = decision.status, task.metadata
         row = (status.phase, status.reason, status.usage.tokens, status.plan is not None)
-        if row != self.saved_task:
-            store.upsert_task(
-                self.uid,
-                namespace=meta.namespace,
-                name=meta.name,
-                phase=status.phase.value,
-                goal=task.spec.goal,
-                reason=status.reason,
-                message=status.message,
-                plan=[p.wire() for p in status.plan] if status.plan else None,
-                tokens=status.usage.tokens,
-                cost_usd=status.usage.cost_usd,
-            )
-            self.saved_task = row
-        for run in runs:
-            if run.state != RunState.running and self.recorded.get(_key(run)) != run.state:
+        finished = [
+            run
+            for run in runs
+            if run.state != RunState.running and self.recorded.get(_key(run)) != run.state
+        ]
+        self.pending_events += decision.events
+        with store.batch():
+            if row != self.saved_task:
+                store.upsert_task(
+                    self.uid,
+                    namespace=meta.namespace,
+                    name=meta.name,
+                    phase=status.phase.value,
+                    goal=task.spec.goal,
+                    reason=status.reason,
+                    message=status.message,
+                    plan=[p.wire() for p in status.plan] if status.plan else None,
+                    tokens=status.usage.tokens,
+                    cost_usd=status.usage.cost_usd,
+                )
+            for run in finished:
                 store.record_attempt(
                     self.uid,
                     run.step_id,
@@ -368,37 +374,37 @@ class TaskLoop:
                     tokens=run.usage.tokens,
                     cost_usd=run.usage.cost_usd,
                 )
-                self.recorded[_key(run)] = run.state
-                self._observe_finished(task, run)
-        for action in decision.actions:
-            if isinstance(action, StartStep):
-                store.record_attempt(
+            for action in decision.actions:
+                if isinstance(action, StartStep):
+                    store.record_attempt(
+                        self.uid,
+                        action.step_id,
+                        action.attempt,
+                        phase=RunState.running.value,
+                        started_at=datetime.now(UTC),
+                    )
+            for event in self.pending_events:
+                store.append_event(
                     self.uid,
-                    action.step_id,
-                    action.attempt,
-                    phase=RunState.running.value,
-                    started_at=datetime.now(UTC),
+                    event.kind,
+                    step_id=event.step_id,
+                    attempt=event.attempt,
+                    message=event.message,
+                    dedupe_key=event.key,
                 )
-        self.pending_events += decision.events
-        while self.pending_events:
-            event = self.pending_events[0]
-            store.append_event(
-                self.uid,
-                event.kind,
-                step_id=event.step_id,
-                attempt=event.attempt,
-                message=event.message,
-                dedupe_key=event.key,
-            )
-            self.pending_events.pop(0)
-        if decision.checkpointed(task.status) and status.checkpoint is not None:
-            store.record_checkpoint(
-                self.uid,
-                status.checkpoint.id,
-                status.checkpoint.step,
-                status.checkpoint.time,
-                status.wire(),
-            )
+            if decision.checkpointed(task.status) and status.checkpoint is not None:
+                store.record_checkpoint(
+                    self.uid,
+                    status.checkpoint.id,
+                    status.checkpoint.step,
+                    status.checkpoint.time,
+                    status.wire(),
+                )
+        self.saved_task = row
+        for run in finished:
+            self.recorded[_key(run)] = run.state
+            self._observe_finished(task, run)
+        self.pending_events = []
         spent = status.usage
         metrics.LLM_TOKENS.inc(max(0, spent.tokens - self.spent.tokens))
         metrics.LLM_COST.inc(max(0.0, spent.cost_usd - self.spent.cost_usd))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -50,6 +51,7 @@ from sqlalchemy.exc import (
 from sqlalchemy.sql.base import Executable, ReadOnlyColumnCollection
 from sqlalchemy.sql.elements import KeyedColumnElement
 
+from agent_operator.api import TaskPhase
 from agent_operator.redact import redact, redact_text
 from agent_operator.store.migrate import upgrade_schema
 from agent_operator.store.records import (
@@ -80,6 +82,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+ENDED = [phase.value for phase in TaskPhase if phase.terminal]  # a task in these stays there
 
 DEFAULT_CONNECT_TIMEOUT = 5
 RESULT_REF_PREFIX = "store:results/"
@@ -188,6 +192,7 @@ class Store:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        self._batches = threading.local()  # this thread's open batch() connection, if any
 
     @classmethod
     def open(
@@ -222,6 +227,17 @@ class Store:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """The calls made inside (in this thread) share one transaction: one commit for a
+        pass's writes, and none of them is kept if one fails."""
+        with self._transaction() as connection:
+            self._batches.connection = connection
+            try:
+                yield
+            finally:
+                self._batches.connection = None
+
     # --- writes -------------------------------------------------------------
 
     def upsert_task(
@@ -238,7 +254,11 @@ class Store:
         tokens: int = 0,
         cost_usd: float = 0.0,
     ) -> bool:
-        """Record a task's current state; True when that changed anything."""
+        """Record a task's current state; True when that changed anything.
+
+        A task that ended (Succeeded, Failed, Cancelled) stays ended: a stale write of it
+        still running (a pass that was in flight when it was cancelled) changes nothing.
+        """
         now = datetime.now(UTC)
         row = {
             "uid": uid,
@@ -254,6 +274,7 @@ class Store:
             "tokens": tokens,
             "cost_usd": cost_usd,
         }
+        table = Task.__table__.c
         with self._transaction() as connection:
             return self._upsert(
                 connection,
@@ -261,6 +282,7 @@ class Store:
                 row,
                 keep=["created_at"],
                 touch=["updated_at"],
+                guard=lambda new: or_(table.phase.not_in(ENDED), new.phase.in_(ENDED)),
             )
 
     def record_attempt(
@@ -437,6 +459,10 @@ class Store:
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
+        ongoing: Connection | None = getattr(self._batches, "connection", None)
+        if ongoing is not None:
+            yield ongoing
+            return
         with _translated_errors(), self._engine.begin() as connection:
             yield connection
 

@@ -135,6 +135,16 @@ def test_task_upsert_writes_only_changes(store: Store) -> None:
     assert store.task("no-such-task") is None
 
 
+def test_an_ended_task_is_not_reopened_by_a_stale_write(store: Store) -> None:
+    store.upsert_task(UID, namespace="ns", name="demo", phase=TaskPhase.cancelled)
+    assert not store.upsert_task(UID, namespace="ns", name="demo", phase=TaskPhase.running)
+    ended = store.task(UID)
+    assert ended is not None and ended.phase == "Cancelled"
+    assert store.upsert_task(UID, namespace="ns", name="demo", phase=TaskPhase.failed)
+    failed = store.task(UID)
+    assert failed is not None and failed.phase == "Failed"
+
+
 def test_recording_the_same_attempt_twice_changes_nothing(
     store: Store, task: str, raw: Connection
 ) -> None:
@@ -225,6 +235,20 @@ def test_events_append_in_order_and_dedupe_by_key(store: Store, task: str) -> No
     assert events[1].time == T0
     assert events[2].data == {"after": 2}
     assert isinstance(events[0].kind, EventKind)
+
+
+def test_a_batch_commits_its_writes_together_or_not_at_all(store: Store, task: str) -> None:
+    with pytest.raises(RuntimeError), store.batch():
+        store.record_attempt(task, "a", 1, phase="Running", started_at=T0)
+        store.append_event(task, EventKind.step_started, step_id="a", dedupe_key="a/1")
+        raise RuntimeError("the pass failed half-way")
+    assert store.attempts(task) == [] and store.events(task) == []
+
+    with store.batch():
+        store.record_attempt(task, "a", 1, phase="Running", started_at=T0)
+        store.append_event(task, EventKind.step_started, step_id="a", dedupe_key="a/1")
+    assert [a.step_id for a in store.attempts(task)] == ["a"]
+    assert [e.dedupe_key for e in store.events(task)] == ["a/1"]
 
 
 def test_an_unknown_event_kind_is_refused(store: Store, task: str) -> None:
