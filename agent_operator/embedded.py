@@ -47,7 +47,7 @@ from agent_operator.local import LocalExecutor
 from agent_operator.planner import api_key_from_env, plan_with_llm
 from agent_operator.redact import redact
 from agent_operator.store import Store
-from agent_runtime.registry import ToolRegistry, Usage
+from agent_runtime.registry import ToolRegistry
 
 POLL_SECONDS = 0.2
 
@@ -170,19 +170,7 @@ class EmbeddedRun:
         for run in self.executor.observe():
             if run.state != RunState.running and (run.step_id, run.attempt) not in self._recorded:
                 self._recorded.add((run.step_id, run.attempt))
-                self.store.record_attempt(
-                    self.uid,
-                    run.step_id,
-                    run.attempt,
-                    phase=run.state.value,
-                    job_name=run.job_name,
-                    started_at=run.started_at,
-                    finished_at=run.finished_at,
-                    outputs=dict(run.outputs),
-                    message=run.message,
-                    tokens=run.usage.tokens,
-                    cost_usd=run.usage.cost_usd,
-                )
+                self.store.record_run(self.uid, run)
         status = decision.status
         self.task = self.task.model_copy(update={"status": status})
         self._save_task()
@@ -243,19 +231,8 @@ def resume_state(store: Store, task: AgentTask) -> tuple[AgentTask, list[StepRun
     checkpoint = store.last_checkpoint(uid)
     status = AgentTaskStatus.model_validate(checkpoint.snapshot) if checkpoint else None
     runs = []
-    for record in store.attempts(uid):
-        run = StepRun(
-            step_id=record.step_id,
-            attempt=record.attempt,
-            state=RunState(record.phase),
-            started_at=record.started_at or datetime.now(UTC),
-            finished_at=record.finished_at,
-            outputs=record.outputs or {},
-            message=record.message or "",
-            usage=Usage(tokens=record.tokens, cost_usd=record.cost_usd),
-            job_name=record.job_name,
-        )
-        if record.finished_at is None:
+    for run in store.runs(uid):
+        if run.finished_at is None:
             run = replace(
                 run,
                 state=RunState.failed,
@@ -263,16 +240,7 @@ def resume_state(store: Store, task: AgentTask) -> tuple[AgentTask, list[StepRun
                 reason="Interrupted",
                 message="interrupted: the runner stopped while the step ran",
             )
-            store.record_attempt(
-                uid,
-                run.step_id,
-                run.attempt,
-                phase=run.state.value,
-                job_name=run.job_name,
-                started_at=run.started_at,
-                finished_at=run.finished_at,
-                message=run.message,
-            )
+            store.record_run(uid, run)
         runs.append(run)
     return task.model_copy(update={"status": status or AgentTaskStatus()}), runs
 

@@ -275,7 +275,9 @@ class TaskLoop:
     def _runs(self) -> list[StepRun]:
         """Attempts from the store, overlaid with what the step Jobs show now."""
         store = self.ctx.store()
-        runs = {(r.step_id, r.attempt): r for r in _stored_runs(store, self.uid)}
+        # A run the store has as unfinished: its Job (below) says how it goes.
+        stored = [r for r in store.runs(self.uid) if r.finished_at is not None]
+        runs = {(r.step_id, r.attempt): r for r in stored}
         for job in self.ctx.jobs.for_key(self.uid):
             pods = self.ctx.pods.for_key(self.uid)
             name = job["metadata"]["name"]
@@ -361,19 +363,7 @@ class TaskLoop:
                     cost_usd=status.usage.cost_usd,
                 )
             for run in finished:
-                store.record_attempt(
-                    self.uid,
-                    run.step_id,
-                    run.attempt,
-                    phase=run.state.value,
-                    job_name=run.job_name,
-                    started_at=run.started_at,
-                    finished_at=run.finished_at or datetime.now(UTC),
-                    outputs=dict(run.outputs),
-                    message=run.message,
-                    tokens=run.usage.tokens,
-                    cost_usd=run.usage.cost_usd,
-                )
+                store.record_run(self.uid, run)
             for action in decision.actions:
                 if isinstance(action, StartStep):
                     store.record_attempt(
@@ -495,27 +485,6 @@ class TaskLoop:
         status = {"phase": "Failed", "reason": reason, "message": message[:1000]}
         status["completionTime"] = now
         self.ctx.cluster.patch_status("agenttasks", meta["namespace"], meta["name"], status)
-
-
-def _stored_runs(store: Store, uid: str) -> list[StepRun]:
-    runs = []
-    for record in store.attempts(uid):
-        if record.finished_at is None:
-            continue  # still running: its Job says how it goes
-        runs.append(
-            StepRun(
-                step_id=record.step_id,
-                attempt=record.attempt,
-                state=RunState(record.phase),
-                started_at=record.started_at or record.finished_at,
-                finished_at=record.finished_at,
-                outputs=record.outputs or {},
-                message=record.message or "",
-                usage=Usage(tokens=record.tokens, cost_usd=record.cost_usd),
-                job_name=record.job_name,
-            )
-        )
-    return runs
 
 
 def _key(run: StepRun) -> tuple[str, int]:

@@ -52,6 +52,7 @@ from sqlalchemy.sql.base import Executable, ReadOnlyColumnCollection
 from sqlalchemy.sql.elements import KeyedColumnElement
 
 from agent_operator.api import TaskPhase
+from agent_operator.core.decide import RunState, StepRun
 from agent_operator.redact import redact, redact_text
 from agent_operator.store.migrate import upgrade_schema
 from agent_operator.store.records import (
@@ -65,6 +66,7 @@ from agent_operator.store.records import (
     TaskRecord,
 )
 from agent_operator.store.tables import Base, Checkpoint, Event, StepAttempt, StepResult, Task
+from agent_runtime.registry import Usage
 
 __all__ = [
     "AttemptRecord",
@@ -327,6 +329,23 @@ class Store:
                 guard=lambda new: or_(table.finished_at.is_(None), new.finished_at.is_not(None)),
             )
 
+    def record_run(self, task_uid: str, run: StepRun) -> bool:
+        """Record an attempt as the core observed it (a Job, a local process)."""
+        running = run.state == RunState.running
+        return self.record_attempt(
+            task_uid,
+            run.step_id,
+            run.attempt,
+            phase=run.state.value,
+            job_name=run.job_name,
+            started_at=run.started_at,
+            finished_at=None if running else run.finished_at or datetime.now(UTC),
+            outputs=dict(run.outputs),
+            message=run.message,
+            tokens=run.usage.tokens,
+            cost_usd=run.usage.cost_usd,
+        )
+
     def record_checkpoint(
         self,
         task_uid: str,
@@ -434,6 +453,24 @@ class Store:
         )
         with self._transaction() as connection:
             return _records(AttemptRecord, connection.execute(query))
+
+    def runs(self, task_uid: str) -> list[StepRun]:
+        """A task's recorded attempts as the core sees them; unfinished ones have no
+        `finished_at` (what became of them, only their Job or process can say)."""
+        return [
+            StepRun(
+                step_id=record.step_id,
+                attempt=record.attempt,
+                state=RunState(record.phase),
+                started_at=record.started_at or record.finished_at or datetime.now(UTC),
+                finished_at=record.finished_at,
+                outputs=record.outputs or {},
+                message=record.message or "",
+                usage=Usage(tokens=record.tokens, cost_usd=record.cost_usd),
+                job_name=record.job_name,
+            )
+            for record in self.attempts(task_uid)
+        ]
 
     def last_checkpoint(self, task_uid: str) -> CheckpointRecord | None:
         """The checkpoint with the highest id, where a restarted operator resumes."""

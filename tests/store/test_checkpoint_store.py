@@ -17,6 +17,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, create_engine, inspect, make_url, text
 
 from agent_operator.api import StepPhase, TaskPhase
+from agent_operator.core.decide import RunState, StepRun
 from agent_operator.redact import REDACTED
 from agent_operator.store import (
     EventKind,
@@ -27,6 +28,7 @@ from agent_operator.store import (
     resolve_url,
 )
 from agent_operator.store.tables import Base
+from agent_runtime.registry import Usage
 
 UID = "6f1c2d3e-0000-4000-8000-000000000001"
 T0 = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
@@ -186,6 +188,16 @@ def test_a_finished_attempt_is_not_reopened_by_a_stale_write(store: Store, task:
     ]
     assert attempts[0].outputs == {"rows": [1, 2]}
     assert (attempts[0].tokens, attempts[0].cost_usd) == (12, 0.25)
+
+
+def test_runs_come_back_as_the_core_recorded_them(store: Store, task: str) -> None:
+    done = StepRun(
+        "a", 1, RunState.succeeded, T0, T0 + timedelta(seconds=3), {"n": 1}, "ok",
+        usage=Usage(tokens=5, cost_usd=0.01), job_name="job-a-1",
+    )  # fmt: skip
+    running = StepRun("b", 1, RunState.running, T0, job_name="job-b-1")
+    assert store.record_run(task, done) and store.record_run(task, running)
+    assert store.runs(task) == [done, running]
 
 
 def test_naive_times_are_refused(store: Store, task: str) -> None:
