@@ -13,9 +13,10 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from agent_operator.api import AgentPool, AgentTask, TaskPhase
-from agent_operator.core.decide import Observed, StepRun, decide
+from agent_operator.core.decide import Observed, decide
 from agent_operator.embedded import (
     EmbeddedRun,
+    RunnerStopped,
     approve_all,
     default_pool,
     new_uid,
@@ -161,7 +162,6 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         return EXIT_OK
     store = Store.open(args.dsn)
     try:
-        runs: list[StepRun] = []
         if args.resume:
             previous = store.latest_task(task.metadata.namespace, task.metadata.name)
             if previous is None:
@@ -169,7 +169,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
                     f"nothing to resume: no earlier run of {task.metadata.name!r} in the store"
                 )
             task.metadata.uid = previous.uid
-            task, runs = resume_state(store, task)
+            task = resume_state(store, task)
             if task.status.phase.terminal:
                 _print_result(task, out)
                 return EXIT_OK if task.status.phase == TaskPhase.succeeded else EXIT_FAILED
@@ -184,11 +184,16 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         executor = LocalExecutor(workdir, env=dict(os.environ), load_result=store.load_result)
         if args.dsn:
             executor.env["AGENT_OPERATOR_DSN"] = args.dsn
-        embedded = EmbeddedRun(
-            task, pool, store, executor, approver, out, registry, previous_runs=runs
-        )
+        embedded = EmbeddedRun(task, pool, store, executor, approver, out, registry)
         try:
             task = embedded.run()
+        except RunnerStopped as error:
+            executor.stop_all("Interrupted")
+            print(
+                f"\nstopped: {error}\ncontinue with: agent-operator run -f {args.file} --resume",
+                file=out,
+            )
+            return EXIT_FAILED
         except KeyboardInterrupt:
             executor.stop_all("Interrupted")
             print(

@@ -11,7 +11,7 @@ import asyncio
 import getpass
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TextIO
@@ -30,19 +30,16 @@ from agent_operator.core.decide import (
     Decision,
     Event,
     ExpireApproval,
-    Observed,
-    PlanWithLLM,
     RequestApproval,
-    RunState,
     StartStep,
     StepRun,
     StopStep,
-    decide,
 )
 from agent_operator.core.invocation import step_invocation
 from agent_operator.core.naming import job_name
 from agent_operator.core.plan import PlanningResult
 from agent_operator.core.summary import summarize
+from agent_operator.driver import BackOff, Done, Driver, Recorded
 from agent_operator.local import LocalExecutor
 from agent_operator.planner import api_key_from_env, plan_with_llm
 from agent_operator.redact import redact
@@ -61,9 +58,16 @@ def default_pool(namespace: str) -> AgentPool:
     )
 
 
+class RunnerStopped(Exception):
+    """The embedded run cannot go on (the store is unreachable, a defect); `--resume`
+    continues it once the cause is mended."""
+
+
 @dataclass
 class EmbeddedRun:
-    """Drives one task: observe, decide, act, checkpoint, until a terminal phase."""
+    """Drives one task to a terminal phase through the driver, as the local shell: steps
+    are processes, approvals are asked of `approver`, the status lives in memory (and in
+    the store's checkpoints)."""
 
     task: AgentTask
     pool: AgentPool
@@ -73,9 +77,7 @@ class EmbeddedRun:
     out: TextIO
     registry: ToolRegistry = field(default_factory=ToolRegistry.default)
     approvals: dict[str, ApprovalView] = field(default_factory=dict)
-    planning: PlanningResult | None = None
-    previous_runs: list[StepRun] = field(default_factory=list)  # from the run --resume continues
-    _recorded: set[tuple[str, int]] = field(default_factory=set)
+    _acted: bool = False  # the last pass started a step or had an approval answered
 
     @property
     def uid(self) -> str:
@@ -83,46 +85,61 @@ class EmbeddedRun:
         return self.task.metadata.uid
 
     def run(self) -> AgentTask:
-        self._save_task()
+        driver = Driver(self, lambda: self.store, self.registry)
         while True:
-            decision = decide(self._observe())
-            self._apply(decision)
-            self._record(decision)
-            if decision.status.phase.terminal:
+            self._acted = False
+            outcome = driver.run_pass()
+            if isinstance(outcome, Done):
                 return self.task
-            if not any(
-                isinstance(a, (StartStep, PlanWithLLM, RequestApproval)) for a in decision.actions
-            ):
-                self._wait(decision)
+            if isinstance(outcome, BackOff):
+                raise RunnerStopped(outcome.error)
+            self._wait(outcome.when)
 
-    def _observe(self) -> Observed:
-        runs = self.previous_runs + self.executor.observe()
-        return Observed(
-            task=self.task,
-            now=datetime.now(UTC),
-            pool=self.pool.spec,
-            registry=self.registry,
-            runs=runs,
-            approvals=dict(self.approvals),
-            free_slots=max(self.pool.spec.replicas - self.executor.running(), 0),
-            planning=self.planning,
-        )
-
-    def _wait(self, decision: Decision) -> None:
-        """Sleep until a step process ends or the core asked to be woken."""
-        until = decision.requeue_at.timestamp() if decision.requeue_at else float("inf")
+    def _wait(self, until: datetime | None) -> None:
+        """Sleep until a step process ends or the time the core asked to look again."""
+        if self._acted:
+            return
+        deadline = until.timestamp() if until else float("inf")
         running = self.executor.running()
-        while time.time() < until and self.executor.running() == running and running:
+        while time.time() < deadline and self.executor.running() == running and running:
             time.sleep(POLL_SECONDS)
         if not running:
-            time.sleep(max(0.0, min(until - time.time(), 1.0)))
+            time.sleep(max(0.0, min(deadline - time.time(), 1.0)))
 
-    def _apply(self, decision: Decision) -> None:
+    # --- the driver's Shell --------------------------------------------------------
+
+    def observe_task(self) -> AgentTask:
+        return self.task
+
+    def observe_pool(self, task: AgentTask) -> AgentPool:
+        return self.pool
+
+    def observe_runs(self, task: AgentTask) -> Sequence[StepRun]:
+        return self.executor.observe()
+
+    def observe_approvals(self, task: AgentTask) -> Mapping[str, ApprovalView]:
+        return dict(self.approvals)
+
+    def free_slots(self, task: AgentTask, pool: AgentPool) -> int | None:
+        return max(pool.spec.replicas - self.executor.running(), 0)
+
+    def plan(self, task: AgentTask, pool: AgentPool) -> PlanningResult:
+        self._say("planning with the LLM…")
+        model = pool.spec.model or PoolModel()
+        return asyncio.run(
+            plan_with_llm(
+                task.spec, pool.spec, self.registry, api_key=api_key_from_env(), model=model
+            )
+        )
+
+    def act(self, task: AgentTask, pool: AgentPool | None, decision: Decision) -> None:
         for action in decision.actions:
-            if isinstance(action, PlanWithLLM):
-                self.planning = self._plan()
-            elif isinstance(action, StartStep):
-                self._start(action)
+            if isinstance(action, StartStep):
+                invocation = step_invocation(task, self.pool.spec, action)
+                meta = task.metadata
+                name = job_name(meta.name, self.uid, action.step_id, action.attempt)
+                self.executor.start(invocation, name)
+                self._acted = True
             elif isinstance(action, StopStep):
                 self.executor.stop(action.step_id, action.attempt, action.reason)
             elif isinstance(action, RequestApproval):
@@ -130,83 +147,20 @@ class EmbeddedRun:
                 self.approvals[action.step_id] = ApprovalView(
                     action.step_id, phase, action.expires_at, decided_by=by, reason=reason
                 )
+                self._acted = True
             elif isinstance(action, ExpireApproval):
                 view = self.approvals[action.step_id]
-                self.approvals[action.step_id] = ApprovalView(
-                    view.step_id, ApprovalPhase.expired, view.expires_at
-                )
+                self.approvals[action.step_id] = replace(view, phase=ApprovalPhase.expired)
 
-    def _plan(self) -> PlanningResult:
-        self._say("planning with the LLM…")
-        model = self.pool.spec.model or PoolModel()
-        outcome = asyncio.run(
-            plan_with_llm(
-                self.task.spec,
-                self.pool.spec,
-                self.registry,
-                api_key=api_key_from_env(),
-                model=model,
-            )
-        )
-        return PlanningResult(outcome.plan, outcome.usage, outcome.reason, outcome.message)
+    def settle(self, task: AgentTask) -> None:
+        """Nothing set aside: one task has the local executor to itself."""
 
-    def _start(self, action: StartStep) -> None:
-        meta = self.task.metadata
-        invocation = step_invocation(self.task, self.pool.spec, action)
-        name = job_name(meta.name, self.uid, action.step_id, action.attempt)
-        self.store.record_attempt(
-            self.uid,
-            action.step_id,
-            action.attempt,
-            phase=RunState.running.value,
-            job_name=name,
-            started_at=datetime.now(UTC),
-        )
-        self.executor.start(invocation, name)
+    def write_status(self, task: AgentTask, status: AgentTaskStatus) -> None:
+        self.task = task.model_copy(update={"status": status})
 
-    def _record(self, decision: Decision) -> None:
-        """Write what changed: finished attempts, the task row, events, the checkpoint."""
-        before = self.task.status
-        for run in self.executor.observe():
-            if run.state != RunState.running and (run.step_id, run.attempt) not in self._recorded:
-                self._recorded.add((run.step_id, run.attempt))
-                self.store.record_run(self.uid, run)
-        status = decision.status
-        self.task = self.task.model_copy(update={"status": status})
-        self._save_task()
-        for event in decision.events:
-            self.store.append_event(
-                self.uid,
-                event.kind,
-                step_id=event.step_id,
-                attempt=event.attempt,
-                message=event.message,
-                dedupe_key=event.key,
-            )
+    def tell(self, task: AgentTask, recorded: Recorded) -> None:
+        for event in recorded.events:
             self._say(_describe(event))
-        if decision.checkpointed(before) and status.checkpoint:
-            self.store.record_checkpoint(
-                self.uid,
-                status.checkpoint.id,
-                status.checkpoint.step,
-                status.checkpoint.time,
-                status.wire(),
-            )
-
-    def _save_task(self) -> None:
-        status, meta = self.task.status, self.task.metadata
-        self.store.upsert_task(
-            self.uid,
-            namespace=meta.namespace,
-            name=meta.name,
-            phase=status.phase.value,
-            goal=self.task.spec.goal,
-            reason=status.reason,
-            message=status.message,
-            plan=[p.wire() for p in status.plan] if status.plan else None,
-            tokens=status.usage.tokens,
-            cost_usd=status.usage.cost_usd,
-        )
 
     def _say(self, text: str) -> None:
         stamp = datetime.now(UTC).strftime("%H:%M:%S")
@@ -219,30 +173,15 @@ def _describe(event: Event) -> str:
     return f"{text}: {event.message}" if event.message else text
 
 
-def resume_state(store: Store, task: AgentTask) -> tuple[AgentTask, list[StepRun]]:
-    """The task as of its last checkpoint, and its recorded attempts.
-
-    An attempt still recorded as running belonged to the interrupted run and can
-    no longer be watched: it is recorded as failed ("Interrupted") and the step's
-    retries decide what happens next.
-    """
+def resume_state(store: Store, task: AgentTask) -> AgentTask:
+    """The task as of its last checkpoint. Its attempts come from the store when the run
+    starts; one still recorded as running belonged to the interrupted run and is lost
+    (the core's rule): a failed attempt, and the step's retries decide what follows."""
     uid = task.metadata.uid
     assert uid
     checkpoint = store.last_checkpoint(uid)
     status = AgentTaskStatus.model_validate(checkpoint.snapshot) if checkpoint else None
-    runs = []
-    for run in store.runs(uid):
-        if run.finished_at is None:
-            run = replace(
-                run,
-                state=RunState.failed,
-                finished_at=datetime.now(UTC),
-                reason="Interrupted",
-                message="interrupted: the runner stopped while the step ran",
-            )
-            store.record_run(uid, run)
-        runs.append(run)
-    return task.model_copy(update={"status": status or AgentTaskStatus()}), runs
+    return task.model_copy(update={"status": status or AgentTaskStatus()})
 
 
 def new_uid() -> str:

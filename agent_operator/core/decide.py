@@ -3,13 +3,15 @@
 Pure and level-based: the same observation always gives the same decision, so a
 restarted operator (or the embedded runner after `--resume`) simply observes
 again and carries on. Attempts are numbered, and an attempt is started only when
-no run of it has been observed, so no step runs twice.
+no run of it has been recorded or observed, so no step runs twice: an attempt the
+store recorded as started that no Job or process shows any more is `Lost`, a failed
+attempt, and the step's retries decide what follows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from graphlib import TopologicalSorter
@@ -80,17 +82,36 @@ class ApprovalView:
 
 
 @dataclass(frozen=True)
+class ShellFailure:
+    """Why the task cannot go on, found by a shell rather than the core (its pool is
+    missing, the pool's template cannot make a safe pod, the API server refused a
+    request for good). decide() ends the task with it, through the same path as
+    every other end."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
 class Observed:
-    """Everything decide() may look at."""
+    """Everything decide() may look at.
+
+    `recorded` are the attempts the store holds (an unfinished one has no
+    `finished_at`); `live` are those the executor shows now (Jobs and pods, local
+    processes), which the shell must have seen whole (a synced cache): a recorded
+    attempt that is not live any more and never recorded an end is lost.
+    """
 
     task: AgentTask
     now: datetime
     pool: AgentPoolSpec
     registry: ToolRegistry
-    runs: Sequence[StepRun] = ()
+    recorded: Sequence[StepRun] = ()
+    live: Sequence[StepRun] = ()
     approvals: Mapping[str, ApprovalView] = field(default_factory=dict)
     free_slots: int | None = None  # None: the executor has no pool limit
     planning: PlanningResult | None = None
+    failure: ShellFailure | None = None
 
 
 @dataclass(frozen=True)
@@ -164,11 +185,19 @@ class Event:
 
 @dataclass(frozen=True)
 class Decision:
+    """The new status, what to do, and what to write down before doing it.
+
+    `finished` are the attempts that ended as this decision sees them and are not yet
+    recorded as ended (a Job's outcome, a lost attempt, a run being stopped): the
+    shell records them, with the started attempts of `actions`, before it acts.
+    """
+
     status: AgentTaskStatus
     actions: list[Action]
     events: list[Event]
     requeue_at: datetime | None = None
     queued: list[str] = field(default_factory=list)
+    finished: list[StepRun] = field(default_factory=list)
 
     def checkpointed(self, before: AgentTaskStatus) -> bool:
         return self.status.checkpoint != before.checkpoint
@@ -194,19 +223,76 @@ def backoff(base_seconds: float, failed_attempt: int) -> timedelta:
 
 
 def decide(observed: Observed) -> Decision:
+    runs, ended = merge_runs(observed.recorded, observed.live, observed.now)
+    decision = _decide(observed, runs)
+    stopped = {
+        (a.step_id, a.attempt): a.reason for a in decision.actions if isinstance(a, StopStep)
+    }
+    for run in runs:
+        reason = stopped.get((run.step_id, run.attempt))
+        if reason is not None and run.state == RunState.running:
+            message = f"stopped by the operator: {reason}"
+            ended.append(_ended(run, observed.now, reason, message))
+    return replace(decision, finished=ended)
+
+
+def merge_runs(
+    recorded: Sequence[StepRun], live: Sequence[StepRun], now: datetime
+) -> tuple[list[StepRun], list[StepRun]]:
+    """Every attempt as it stands, and those of them that ended but are not recorded so.
+
+    A recorded end is final (a Job's later word changes nothing); a live run tells how
+    an unfinished recorded attempt goes; an unfinished recorded attempt with no live run
+    is lost: it ran, or may have, and nothing will ever report its end.
+    """
+    merged = {(r.step_id, r.attempt): r for r in recorded}
+    ended_before = {key for key, r in merged.items() if r.finished_at is not None}
+    seen = set()
+    for run in live:
+        key = (run.step_id, run.attempt)
+        seen.add(key)
+        if key not in ended_before:
+            merged[key] = run
+    for key, run in merged.items():
+        if key not in ended_before and key not in seen and run.state == RunState.running:
+            merged[key] = _ended(
+                run,
+                now,
+                "Lost",
+                f"attempt {run.attempt} was started, but its Job or process is gone and no "
+                "outcome was recorded",
+            )
+    ended = [
+        r for key, r in merged.items() if r.state != RunState.running and key not in ended_before
+    ]
+    return list(merged.values()), ended
+
+
+def _ended(run: StepRun, now: datetime, reason: str, message: str) -> StepRun:
+    return replace(run, state=RunState.failed, finished_at=now, reason=reason, message=message)
+
+
+def _decide(observed: Observed, runs: list[StepRun]) -> Decision:
     task = observed.task
     if task.status.phase.terminal:
         return Decision(status=task.status, actions=[], events=[])
     status = task.status.model_copy(deep=True)
     status.observed_generation = task.metadata.generation
-    actions: list[Action] = []
+    if observed.failure is not None:
+        stop: list[Action] = [
+            StopStep(r.step_id, r.attempt, "TaskFailed")
+            for r in runs
+            if r.state == RunState.running
+        ]
+        failure = observed.failure
+        return _finish(observed, status, stop, TaskPhase.failed, failure.reason, failure.message)
     if status.plan is None:
         if task.metadata.deletion_timestamp is not None:
             return _finish(observed, status, [], TaskPhase.cancelled, "Cancelled", "deleted")
         planning = _plan(observed, status)
         if planning is not None:
             return planning
-    return _run(observed, status, actions)
+    return _run(observed, status, runs)
 
 
 def _plan(observed: Observed, status: AgentTaskStatus) -> Decision | None:
@@ -256,7 +342,9 @@ def _finish(
     status.current_step = None
     status.conditions = task_conditions(status, observed.task, observed.now)
     status.checkpoint = _next_checkpoint(before, status, observed.now, force=True)
-    return Decision(status=status, actions=actions, events=_events(before, status))
+    return Decision(
+        status=status, actions=actions, events=_events(before, status, observed.approvals)
+    )
 
 
 def _runs_by_step(runs: Sequence[StepRun]) -> dict[str, list[StepRun]]:
@@ -272,11 +360,12 @@ def _timed_out(run: StepRun, step: PlannedStep, now: datetime) -> bool:
     )
 
 
-def _run(observed: Observed, status: AgentTaskStatus, actions: list[Action]) -> Decision:
+def _run(observed: Observed, status: AgentTaskStatus, merged: list[StepRun]) -> Decision:
     task, now = observed.task, observed.now
     spec = task.spec
     plan = status.plan or []
-    runs = _runs_by_step(observed.runs)
+    actions: list[Action] = []
+    runs = _runs_by_step(merged)
     running = [r for rs in runs.values() for r in rs if r.state == RunState.running]
     status.usage = sum(
         (r.usage for rs in runs.values() for r in rs), status.planning_usage or Usage()
@@ -374,7 +463,7 @@ def _run(observed: Observed, status: AgentTaskStatus, actions: list[Action]) -> 
     return Decision(
         status=status,
         actions=actions,
-        events=_events(task.status, status),
+        events=_events(task.status, status, observed.approvals),
         requeue_at=min((w for w in wake if w > now), default=None),
         queued=queued,
     )
@@ -553,6 +642,28 @@ def _approval_gate(
     return _StepView(StepPhase.waiting_approval, reason="WaitingForApproval", message=_why(step))
 
 
+def _approval_decided(approval: ApprovalView) -> Event:
+    """What became of a step's approval, who decided and why, for the audit trail."""
+    phase = approval.phase
+    if phase == ApprovalPhase.expired or phase == ApprovalPhase.pending:  # pending: past expiry
+        return Event(
+            EventKind.approval_decided,
+            "ApprovalExpired",
+            f"no decision before {approval.expires_at:%Y-%m-%d %H:%M:%S} UTC",
+            approval.step_id,
+            warning=True,
+        )
+    by = approval.decided_by or UNRECORDED_APPROVER
+    why = f": {approval.reason}" if approval.reason else ""
+    return Event(
+        EventKind.approval_decided,
+        f"Step{phase.value}",
+        f"{phase.value.lower()} by {by}{why}",
+        approval.step_id,
+        warning=phase == ApprovalPhase.rejected,
+    )
+
+
 def _why(step: PlannedStep) -> str:
     return f"{step.risk.level} risk: " + ("; ".join(step.risk.risks) or step.tool)
 
@@ -612,22 +723,22 @@ def _next_checkpoint(
     return CheckpointRef(id=number, step=last, time=now)
 
 
-def _events(before: AgentTaskStatus, after: AgentTaskStatus) -> list[Event]:
+def _events(
+    before: AgentTaskStatus, after: AgentTaskStatus, approvals: Mapping[str, ApprovalView]
+) -> list[Event]:
     """The transitions between two statuses, as events."""
     events: list[Event] = []
     if before.plan is None and after.plan is not None:
-        approvals = sum(1 for s in after.plan if s.risk.requires_approval)
+        gated = sum(1 for s in after.plan if s.risk.requires_approval)
         events.append(
-            Event(
-                EventKind.planned, "Planned", f"{len(after.plan)} steps, {approvals} need approval"
-            )
+            Event(EventKind.planned, "Planned", f"{len(after.plan)} steps, {gated} need approval")
         )
     old = {s.id: s for s in before.steps}
     for step in after.steps:
         prev = old.get(step.id)
         if prev is not None and (prev.phase, prev.attempt) == (step.phase, step.attempt):
             continue
-        events += _step_events(prev, step)
+        events += _step_events(prev, step, approvals.get(step.id))
     if after.phase.terminal and not before.phase.terminal:
         kind = (
             EventKind.task_cancelled
@@ -645,12 +756,18 @@ def _events(before: AgentTaskStatus, after: AgentTaskStatus) -> list[Event]:
     return events
 
 
-def _step_events(prev: StepStatus | None, step: StepStatus) -> list[Event]:
+def _step_events(
+    prev: StepStatus | None, step: StepStatus, approval: ApprovalView | None
+) -> list[Event]:
     sid, attempt, text = step.id, step.attempt, step.message or ""
     was = prev.phase if prev else StepPhase.pending
     events = []
-    if was == StepPhase.waiting_approval and step.phase != StepPhase.waiting_approval:
-        events.append(Event(EventKind.approval_decided, step.reason or "Approved", text, sid))
+    if (
+        was == StepPhase.waiting_approval
+        and step.phase != StepPhase.waiting_approval
+        and approval is not None
+    ):
+        events.append(_approval_decided(approval))
     match step.phase:
         case StepPhase.waiting_approval if was != StepPhase.waiting_approval:
             events.append(Event(EventKind.approval_requested, "ApprovalRequested", text, sid))

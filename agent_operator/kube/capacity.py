@@ -6,28 +6,34 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+__all__ = ["PoolKey", "PoolLedger"]
+
 PoolKey = tuple[str, str]  # namespace, name
 
 
 @dataclass
 class _Pool:
     running: set[str] = field(default_factory=set)  # Job names holding a slot
+    reserved: dict[str, int] = field(default_factory=dict)  # task uid -> slots set aside
     waiting: OrderedDict[str, int] = field(default_factory=OrderedDict)  # task uid -> steps
 
 
 class PoolLedger:
     """Which step Jobs hold a pool's slots and which tasks wait, first come first served.
 
-    Jobs are counted the moment the operator creates them, not when the watch
-    reports them, so two tasks deciding at once cannot both take the last slot.
+    A pass sets its free slots aside (`reserve`) in the same lock acquisition that counts
+    them, turns those it fills into Jobs (`take`) and gives the rest back (`settle`), so
+    passes of several tasks deciding at once never share the last slot. Jobs are counted
+    the moment the operator creates them, not when the watch reports them.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pools: dict[PoolKey, _Pool] = {}
 
-    def free_for(self, pool: PoolKey, task_uid: str, replicas: int) -> int:
-        """Slots this task may fill now: what is free after the tasks queued before it."""
+    def reserve(self, pool: PoolKey, task_uid: str, replicas: int) -> int:
+        """Set aside and return the slots this task may fill now: what is free after the
+        slots other passes hold and the steps of the tasks queued before it."""
         with self._lock:
             state = self._pools.setdefault(pool, _Pool())
             ahead = 0
@@ -35,10 +41,32 @@ class PoolLedger:
                 if uid == task_uid:
                     break
                 ahead += wanted
-            return max(0, replicas - len(state.running) - ahead)
+            others = sum(n for uid, n in state.reserved.items() if uid != task_uid)
+            free = max(0, replicas - len(state.running) - others - ahead)
+            state.reserved[task_uid] = free
+            return free
+
+    def take(self, pool: PoolKey, task_uid: str, job_names: list[str]) -> None:
+        """Jobs this task created in slots it had set aside."""
+        with self._lock:
+            state = self._pools.setdefault(pool, _Pool())
+            state.running.update(job_names)
+            left = state.reserved.get(task_uid, 0) - len(job_names)
+            if task_uid in state.reserved:
+                state.reserved[task_uid] = max(0, left)
+
+    def settle(self, task_uid: str) -> list[str]:
+        """The pass is over: its unused slots go back. Returns the tasks to wake, those
+        waiting or in a pass of their own on a pool that got slots back."""
+        wake: list[str] = []
+        with self._lock:
+            for state in self._pools.values():
+                if state.reserved.pop(task_uid, 0) > 0:
+                    wake += [u for u in [*state.waiting, *state.reserved] if u != task_uid]
+        return wake
 
     def hold(self, pool: PoolKey, job_names: list[str]) -> None:
-        """Jobs that take a slot: counted when created, before any watch reports them."""
+        """Jobs that hold a slot, as the watch reports them (those of an earlier run)."""
         with self._lock:
             self._pools.setdefault(pool, _Pool()).running.update(job_names)
 
@@ -60,6 +88,7 @@ class PoolLedger:
         with self._lock:
             for state in self._pools.values():
                 state.waiting.pop(task_uid, None)
+                state.reserved.pop(task_uid, None)
 
     def usage(self, pool: PoolKey) -> tuple[int, int, list[str]]:
         """Running Jobs, queued steps, and the tasks waiting (in order)."""

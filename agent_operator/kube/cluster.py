@@ -1,23 +1,34 @@
-"""The few Kubernetes API calls the operator makes, with 404/409 treated as level-based."""
+"""The few Kubernetes API calls the operator makes, level-based (404 and 409 are answers,
+not errors) and with every other failure classified once: a 5xx, a 429 or a dropped
+connection is `Transient`; any other refusal is `Permanent`, naming the request and the
+API server's message."""
 
 from __future__ import annotations
 
 import base64
+import json
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from agent_operator.api import GROUP, VERSION
+from agent_operator.driver import Permanent, Transient
+
+__all__ = ["REQUEST_REFUSED", "Cluster", "Obj"]
 
 log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
+T = TypeVar("T")
+REQUEST_REFUSED = "RequestRefused"  # the reason of a task failed by a refused request
 
 
 class Cluster:
-    """Create-or-adopt, delete-if-present, and status patches."""
+    """Create-or-adopt, delete-if-present, status patches and reads."""
 
     def __init__(self, api: client.ApiClient) -> None:
         self.api = api
@@ -25,83 +36,127 @@ class Cluster:
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
 
-    def create_job(self, job: Obj) -> bool:
-        """True when created; False when a Job of that name exists already (adopted)."""
+    def create_job(self, job: Obj) -> Obj:
+        """The Job as created, or as it already was (a restart, a retried call: adopted)."""
+        meta = job["metadata"]
         body: Any = job  # the client accepts the plain manifest
-        return _create(lambda: self.batch.create_namespaced_job(job["metadata"]["namespace"], body))
+        what = f"create Job {meta['namespace']}/{meta['name']}"
+        created = _create(what, lambda: self.batch.create_namespaced_job(meta["namespace"], body))
+        if created is None:
+            created = _call(
+                what, lambda: self.batch.read_namespaced_job(meta["name"], meta["namespace"])
+            )
+        return dict(self.api.sanitize_for_serialization(created))
 
     def delete_job(self, namespace: str, name: str) -> None:
         _ignore_missing(
+            f"delete Job {namespace}/{name}",
             lambda: self.batch.delete_namespaced_job(
                 name, namespace, propagation_policy="Background"
-            )
+            ),
         )
 
-    def create_approval(self, approval: Obj) -> bool:
-        namespace = approval["metadata"]["namespace"]
-        return _create(
+    def create_approval(self, approval: Obj) -> None:
+        meta = approval["metadata"]
+        _create(
+            f"create ApprovalRequest {meta['namespace']}/{meta['name']}",
             lambda: self.custom.create_namespaced_custom_object(
-                GROUP, VERSION, namespace, "approvalrequests", approval
-            )
+                GROUP, VERSION, meta["namespace"], "approvalrequests", approval
+            ),
         )
 
     def delete_approval(self, namespace: str, name: str) -> None:
         _ignore_missing(
+            f"delete ApprovalRequest {namespace}/{name}",
             lambda: self.custom.delete_namespaced_custom_object(
                 GROUP, VERSION, namespace, "approvalrequests", name
-            )
+            ),
         )
 
     def patch_status(self, plural: str, namespace: str, name: str, status: Obj) -> None:
         """Merge-patch the status subresource (no resourceVersion: the operator owns status)."""
         _ignore_missing(
+            f"patch {plural}/{name} status in {namespace}",
             lambda: self.custom.patch_namespaced_custom_object_status(
                 GROUP, VERSION, namespace, plural, name, {"status": status}
-            )
+            ),
         )
 
     def secret_value(self, namespace: str, name: str, key: str) -> str | None:
         """One key of a Secret, or None when the Secret or the key is missing."""
-        try:
-            secret = self.core.read_namespaced_secret(name, namespace)
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
+        secret = _ignore_missing(
+            f"read Secret {namespace}/{name}",
+            lambda: self.core.read_namespaced_secret(name, namespace),
+        )
+        if secret is None:
+            return None
         data = (secret.data or {}).get(key)
         return base64.b64decode(data).decode() if data is not None else None
 
     def jobs_of_task(self, namespace: str, task_uid: str) -> list[Obj]:
-        """Jobs of a task, read from the API (the finalizer uses it; the loop uses the cache)."""
-        listing = self.batch.list_namespaced_job(
-            namespace, label_selector=f"agentoperator.io/task-uid={task_uid}"
+        """Jobs of a task, read from the API (the loop uses the cache)."""
+        listing = _call(
+            f"list Jobs of task {task_uid} in {namespace}",
+            lambda: self.batch.list_namespaced_job(
+                namespace, label_selector=f"agentoperator.io/task-uid={task_uid}"
+            ),
         )
         return [self.api.sanitize_for_serialization(job) for job in listing.items]
 
     def approvals_of_task(self, namespace: str, task_uid: str) -> list[Obj]:
-        listing: Any = self.custom.list_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            namespace,
-            "approvalrequests",
-            label_selector=f"agentoperator.io/task-uid={task_uid}",
+        listing: Any = _call(
+            f"list ApprovalRequests of task {task_uid} in {namespace}",
+            lambda: self.custom.list_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                namespace,
+                "approvalrequests",
+                label_selector=f"agentoperator.io/task-uid={task_uid}",
+            ),
         )
         return list(listing["items"])
 
 
-def _create(call: Any) -> bool:
+def _call(what: str, call: Callable[[], T]) -> T:
+    """Make one request; a failure comes out as Transient or Permanent, naming `what`."""
     try:
-        call()
-        return True
+        return call()
     except ApiException as error:
-        if error.status == 409:
-            return False  # created before (a restart, a retried call): adopt it
+        status = error.status or 0
+        detail = f"{what}: {status} {_server_message(error)}"
+        if status >= 500 or status == 429 or status == 0:
+            raise Transient(detail) from error
+        raise Permanent(REQUEST_REFUSED, f"the API server refused to {detail}") from error
+    except urllib3.exceptions.HTTPError as error:  # refused, reset, timed out
+        raise Transient(f"{what}: {error}") from error
+
+
+def _server_message(error: ApiException) -> str:
+    """The Status message the API server sent, else the HTTP reason."""
+    try:
+        body = json.loads(error.body or "")
+    except (TypeError, ValueError):
+        body = None
+    message = body.get("message") if isinstance(body, dict) else None
+    return str(message or error.reason or "")
+
+
+def _create(what: str, call: Callable[[], T]) -> T | None:
+    """The created object, or None when it exists already (409: adopt it)."""
+    try:
+        return _call(what, call)
+    except Permanent as error:
+        cause = error.__cause__
+        if isinstance(cause, ApiException) and cause.status == 409:
+            return None
         raise
 
 
-def _ignore_missing(call: Any) -> None:
+def _ignore_missing(what: str, call: Callable[[], T]) -> T | None:
     try:
-        call()
-    except ApiException as error:
-        if error.status != 404:
-            raise
+        return _call(what, call)
+    except Permanent as error:
+        cause = error.__cause__
+        if isinstance(cause, ApiException) and cause.status == 404:
+            return None
+        raise

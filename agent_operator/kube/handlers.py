@@ -11,8 +11,9 @@ import kopf
 import prometheus_client
 from kubernetes import client, config
 
-from agent_operator.api import GROUP, VERSION, ApprovalPhase, TaskPhase
+from agent_operator.api import GROUP, VERSION, ApprovalPhase
 from agent_operator.core.decide import Event, EventKind
+from agent_operator.driver import BackOff
 from agent_operator.kube import metrics
 from agent_operator.kube.cache import LabelledCache, Obj
 from agent_operator.kube.cluster import Cluster
@@ -29,12 +30,13 @@ from agent_operator.kube.reconciler import (
     TaskLoop,
 )
 from agent_operator.kube.settings import OperatorSettings
-from agent_operator.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 FINALIZER = "agentoperator.io/finalizer"
 POOL_STATUS_SECONDS = 5.0
+CACHE_READY_SECONDS = 30.0
+DAEMON_EXIT_SECONDS = 10.0
 
 
 def _api_client() -> client.ApiClient:
@@ -84,6 +86,9 @@ def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.finalizer = FINALIZER
     settings.posting.level = logging.INFO
     settings.peering.standalone = not operator.peering
+    # A deleted task's daemon finishes the pass it is in before it exits; let Kopf wait for
+    # that instead of looking again only at the cancellation timeout (60 s).
+    settings.background.instant_exit_timeout = DAEMON_EXIT_SECONDS
     api = _api_client()
     cluster = Cluster(api)
     ctx: OperatorContext
@@ -133,8 +138,10 @@ def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     memo["ctx"] = ctx
     jobs.start()
     pods.start()
-    jobs.wait_ready(30)
-    pods.wait_ready(30)
+    for cache in (jobs, pods):
+        if not cache.wait_ready(CACHE_READY_SECONDS):
+            # Task passes wait for it (they must see every Job before calling one lost).
+            log.warning("the %s watch has not listed yet; task passes wait for it", cache.kind)
     if operator.metrics_port:
         prometheus_client.start_http_server(operator.metrics_port)
 
@@ -170,12 +177,7 @@ async def drive_task(
     **_: Any,
 ) -> None:
     """The task's own loop, until it reaches a terminal phase (or is deleted)."""
-
-    def pool(namespace: str, name: str) -> Obj | None:
-        found = list(pools_by_name.get((namespace, name), []))
-        return found[0] if found else None
-
-    await TaskLoop(memo["ctx"], body, pool, lambda uid: list(approvals_by_task.get(uid, []))).run()
+    await _task_loop(memo["ctx"], body, pools_by_name, approvals_by_task).run()
 
 
 @kopf.on.event(GROUP, VERSION, "agenttasks")
@@ -185,43 +187,44 @@ def task_changed(uid: str, memo: kopf.Memo, **_: Any) -> None:
         ctx.wakers.wake(uid)
 
 
-@kopf.on.delete(GROUP, VERSION, "agenttasks")
+@kopf.on.delete(GROUP, VERSION, "agenttasks")  # type: ignore[arg-type]
 def cancel_task(
     body: kopf.Body,
     meta: kopf.Meta,
-    spec: kopf.Spec,
-    status: kopf.Status,
     memo: kopf.Memo,
+    pools_by_name: kopf.Index[Any, Any],
+    approvals_by_task: kopf.Index[Any, Any],
     **_: Any,
 ) -> None:
-    """The finalizer: stop the task's Jobs, withdraw open approvals, record the cancellation."""
+    """The finalizer: a last pass of the task's driver (the core cancels it: its running
+    Jobs are stopped, the cancellation recorded once), then open approvals are withdrawn."""
     ctx: OperatorContext = memo["ctx"]
     namespace, uid = meta.namespace or "default", meta.uid or ""
-    for job in ctx.cluster.jobs_of_task(namespace, uid):
-        if not _job_done(job):
-            ctx.cluster.delete_job(namespace, job["metadata"]["name"])
+    running = ctx.drivers.get(uid)  # the daemon's driver, with what it remembers
+    if running is not None:
+        outcome = running.run_pass()
+    else:
+        outcome = _task_loop(ctx, body, pools_by_name, approvals_by_task).pass_once()
+    if isinstance(outcome, BackOff):
+        raise kopf.TemporaryError(f"cancelling the task: {outcome.error}", delay=outcome.seconds)
     for approval in ctx.cluster.approvals_of_task(namespace, uid):
         if not approval.get("spec", {}).get("decision"):
             ctx.cluster.delete_approval(namespace, approval["metadata"]["name"])
-    if not TaskPhase(status.get("phase", "Pending")).terminal:
-        try:
-            store = ctx.store()
-            store.upsert_task(
-                uid,
-                namespace=namespace,
-                name=meta.name or "",
-                phase=TaskPhase.cancelled.value,
-                goal=spec.get("goal"),
-                reason="Cancelled",
-                message="the AgentTask was deleted",
-            )
-            store.append_event(
-                uid, EventKind.task_cancelled, message="deleted", dedupe_key="task_cancelled"
-            )
-        except StoreUnavailable as error:
-            raise kopf.TemporaryError(f"checkpoint store unreachable: {error}", delay=5) from error
-        ctx.count_phase(uid, TaskPhase.cancelled)
     ctx.ledger.forget(uid)
+    ctx.phases.forget(uid)
+
+
+def _task_loop(
+    ctx: OperatorContext,
+    body: kopf.Body,
+    pools_by_name: kopf.Index[Any, Any],
+    approvals_by_task: kopf.Index[Any, Any],
+) -> TaskLoop:
+    def pool(namespace: str, name: str) -> Obj | None:
+        found = list(pools_by_name.get((namespace, name), []))
+        return found[0] if found else None
+
+    return TaskLoop(ctx, body, pool, lambda uid: list(approvals_by_task.get(uid, [])))
 
 
 @kopf.on.field(GROUP, VERSION, "approvalrequests", field="spec.decision")
@@ -251,7 +254,6 @@ def record_decision(
     if created:
         waited = now - datetime.fromisoformat(str(created).replace("Z", "+00:00"))
         metrics.APPROVAL_SECONDS.observe(max(waited.total_seconds(), 0.0))
-    metrics.APPROVALS_PENDING.dec()
     reason = body.get("spec", {}).get("reason") or "no reason given"
     message = f"{new.lower()} by {decided_by}: {reason}" if decided_by else reason
     ctx: OperatorContext = memo["ctx"]
@@ -261,9 +263,24 @@ def record_decision(
 
 
 @kopf.on.event(GROUP, VERSION, "approvalrequests")
-def approval_changed(labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+def approval_changed(
+    type: str | None,
+    namespace: str | None,
+    name: str,
+    labels: kopf.Labels,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    memo: kopf.Memo,
+    **_: Any,
+) -> None:
     ctx: OperatorContext | None = memo.get("ctx")
     if ctx is not None:
+        pending = (
+            type != "DELETED"
+            and not spec.get("decision")
+            and status.get("phase", ApprovalPhase.pending.value) == ApprovalPhase.pending.value
+        )
+        ctx.pending_approvals.observe(namespace or "", name, pending)
         ctx.wakers.wake(labels.get(LABEL_TASK_UID, ""))
 
 

@@ -1,4 +1,9 @@
-"""Prometheus metrics: what an operator of the operator watches."""
+"""Prometheus metrics: what an operator of the operator watches.
+
+Gauges are set from state (the phases of the tasks known, the ApprovalRequests seen
+pending), never moved up and down by actions, so a restart or a conflict cannot skew
+them; counters count once per event recorded for the first time.
+"""
 
 from __future__ import annotations
 
@@ -26,5 +31,8 @@ RETRIES = Counter("agent_operator_step_retries_total", "Step attempts that will 
 LLM_TOKENS = Counter("agent_operator_llm_tokens_total", "LLM tokens spent (planning and steps)")
 LLM_COST = Counter("agent_operator_llm_cost_usd_total", "LLM cost in US dollars")
 API_ERRORS = Counter(
-    "agent_operator_api_errors_total", "Failed Kubernetes API or store calls", ["operation"]
+    "agent_operator_api_errors_total",
+    "Task passes that failed and are made again after a backoff, by cause "
+    "(kubernetes, store, unexpected)",
+    ["operation"],
 )

@@ -1,10 +1,11 @@
-"""One AgentTask driven to its end: observe, decide, record, act, wait.
+"""One AgentTask driven to its end in the cluster: the Kubernetes shell of the driver.
 
 Each task has its own loop (an async Kopf daemon: a waiting task costs a coroutine, not
-a thread; its passes run on a small shared thread pool). It is woken by the watches
-of its Jobs and Pods, by changes to the task, its ApprovalRequests and its pool,
-or by the time the core asked to look again. Everything it does is level-based:
-after a restart it observes the same Jobs and store rows and carries on.
+a thread; its passes run on a small shared thread pool). It is woken by the watches of
+its Jobs and Pods, by changes to the task, its ApprovalRequests and its pool, or by the
+time the core asked to look again. A pass is `driver.Driver.run_pass` with this module's
+`KubeShell`: observe the Jobs, pods, approvals and pool slots; act by creating Jobs and
+ApprovalRequests; write the status as a merge patch of what changed.
 """
 
 from __future__ import annotations
@@ -14,14 +15,12 @@ import contextlib
 import contextvars
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import urllib3
-from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from agent_operator.api import (
@@ -33,31 +32,45 @@ from agent_operator.api import (
 )
 from agent_operator.core.conditions import task_conditions
 from agent_operator.core.decide import (
+    ApprovalView,
     Decision,
     Event,
     EventKind,
     ExpireApproval,
-    Observed,
-    PlanWithLLM,
     RequestApproval,
-    RunState,
     StartStep,
     StepRun,
     StopStep,
-    decide,
 )
 from agent_operator.core.patch import merge_patch
 from agent_operator.core.plan import PlanningResult
+from agent_operator.driver import (
+    BackOff,
+    Done,
+    Driver,
+    Outcome,
+    Permanent,
+    Recorded,
+    Transient,
+)
 from agent_operator.kube import metrics
 from agent_operator.kube.cache import LabelledCache
 from agent_operator.kube.capacity import PoolLedger
 from agent_operator.kube.cluster import Cluster
-from agent_operator.kube.manifests import approval_name, approval_request, step_job
+from agent_operator.kube.manifests import (
+    LABEL_ATTEMPT,
+    LABEL_STEP,
+    approval_name,
+    approval_request,
+    step_job,
+)
 from agent_operator.kube.observe import approval_view, run_from_job
 from agent_operator.kube.settings import OperatorSettings
 from agent_operator.planner import plan_with_llm
 from agent_operator.store import Store, StoreUnavailable
-from agent_runtime.registry import ToolRegistry, Usage
+from agent_runtime.registry import ToolRegistry
+
+__all__ = ["EventPoster", "ObjectLoggerFactory", "OperatorContext", "TaskLoop"]
 
 Obj = dict[str, Any]
 EventPoster = Callable[[Any, Event], None]  # a Kopf body or a plain dict
@@ -119,6 +132,47 @@ class Wakers:
             return sum(1 for w in self._loops.values() if w.asleep)
 
 
+class PhaseGauge:
+    """The tasks-by-phase gauge, set from the phase each known task is in (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._phases: dict[str, TaskPhase] = {}
+
+    def set(self, uid: str, phase: TaskPhase) -> None:
+        with self._lock:
+            old = self._phases.get(uid)
+            self._phases[uid] = phase
+            if old != phase:
+                self._publish()
+
+    def forget(self, uid: str) -> None:
+        with self._lock:
+            if self._phases.pop(uid, None) is not None:
+                self._publish()
+
+    def _publish(self) -> None:
+        """Under the lock: every phase's count, so the gauge always sums to the tasks."""
+        for each in TaskPhase:
+            metrics.TASKS.labels(each.value).set(sum(1 for p in self._phases.values() if p == each))
+
+
+class PendingApprovals:
+    """The approvals-pending gauge, set from the ApprovalRequests the watch shows."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: set[tuple[str, str]] = set()
+
+    def observe(self, namespace: str, name: str, pending: bool) -> None:
+        with self._lock:
+            if pending:
+                self._pending.add((namespace, name))
+            else:
+                self._pending.discard((namespace, name))
+            metrics.APPROVALS_PENDING.set(len(self._pending))
+
+
 @dataclass
 class OperatorContext:
     """What every task loop shares."""
@@ -132,17 +186,28 @@ class OperatorContext:
     registry: ToolRegistry = field(default_factory=ToolRegistry.default)
     ledger: PoolLedger = field(default_factory=PoolLedger)
     wakers: Wakers = field(default_factory=Wakers)
-    phases: dict[str, TaskPhase] = field(default_factory=dict)
+    phases: PhaseGauge = field(default_factory=PhaseGauge)
+    pending_approvals: PendingApprovals = field(default_factory=PendingApprovals)
+    drivers: dict[str, Driver] = field(default_factory=dict)  # the loops' drivers, by uid
     passes: ThreadPoolExecutor = field(init=False)  # where task loops make their passes
     _store: Store | None = None
     _store_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def store(self) -> Store:
-        """The checkpoint store, opened (again) on demand; raises StoreUnavailable."""
+        """The checkpoint store, opened (again) on demand; raises StoreUnavailable.
+
+        Opened outside the lock: during an outage every pass fails fast on its own
+        instead of queueing behind one that waits for its connection timeout."""
+        store = self._store
+        if store is not None:
+            return store
+        opened = Store.open(self.settings.dsn)
         with self._store_lock:
             if self._store is None:
-                self._store = Store.open(self.settings.dsn)
-            return self._store
+                self._store = opened
+                return opened
+        opened.close()  # another pass opened it meanwhile
+        return self._store
 
     def __post_init__(self) -> None:
         self.passes = ThreadPoolExecutor(self.settings.workers, thread_name_prefix="task-pass")
@@ -153,15 +218,6 @@ class OperatorContext:
             if self._store is not None:
                 self._store.close()
                 self._store = None
-
-    def count_phase(self, uid: str, phase: TaskPhase) -> None:
-        self.phases[uid] = phase
-        for each in TaskPhase:
-            metrics.TASKS.labels(each.value).set(sum(1 for p in self.phases.values() if p == each))
-
-
-class PoolMissing(Exception):
-    """The task names an AgentPool that does not exist."""
 
 
 class TaskLoop:
@@ -175,20 +231,19 @@ class TaskLoop:
         approvals: Callable[[str], Iterable[Obj]],
     ) -> None:
         self.ctx = ctx
-        self.body = body
-        self.log = ctx.object_logger(body)
-        self.pools = pools
-        self.approvals = approvals
-        self.planning: PlanningResult | None = None
-        self.pending_events: list[Event] = []
-        self.recorded: dict[tuple[str, int], str] = {}
-        self.saved_task: tuple[Any, ...] | None = None
-        self.spent = Usage()
-        self.written: AgentTaskStatus | None = None
+        self.shell = KubeShell(ctx, body, pools, approvals)
+        settings = ctx.settings
+        self.driver = Driver(
+            self.shell,
+            ctx.store,
+            ctx.registry,
+            retry_seconds=settings.api_retry_seconds,
+            store_retry_seconds=settings.store_retry_seconds,
+        )
 
     @property
     def uid(self) -> str:
-        return str(self.body["metadata"]["uid"])
+        return self.shell.uid
 
     async def run(self) -> None:
         """Passes until the task ends, each on a worker thread, so a waiting task holds no
@@ -196,118 +251,140 @@ class TaskLoop:
         the task is deleted), the pass in flight finishes first."""
         wakers = self.ctx.wakers
         wakers.register(self.uid)
+        self.ctx.drivers[self.uid] = self.driver
         try:
             while True:
                 # With Kopf's context (its event poster lives in context variables).
                 context = contextvars.copy_context()
                 work = asyncio.get_running_loop().run_in_executor(
-                    self.ctx.passes, context.run, self._pass
+                    self.ctx.passes, context.run, self.step
                 )
                 wait = await _whole(work)
                 if wait is None:
-                    self.ctx.ledger.forget(self.uid)
                     return
                 await wakers.wait(self.uid, min(wait, self.ctx.settings.idle_requeue_seconds))
         finally:
             wakers.forget(self.uid)
-
-    def _pass(self) -> float | None:
-        try:
-            return self.step()
-        except (ApiException, urllib3.exceptions.HTTPError) as error:
-            # Like a store outage: keep the task's place and look again soon. Nothing is
-            # lost: the next pass observes again, and what was written is not redone.
-            metrics.API_ERRORS.labels("kubernetes").inc()
-            self.log.warning("Kubernetes API call failed (%s); retrying", error)
-            return self.ctx.settings.api_retry_seconds
+            self.ctx.drivers.pop(self.uid, None)
+            self.ctx.ledger.forget(self.uid)
 
     def step(self) -> float | None:
         """One pass; the seconds until the next look, or None when the task has ended."""
+        return self.shell.seconds_until(self.pass_once())
+
+    def pass_once(self) -> Outcome:
+        """A pass of the driver, after checking the object is an AgentTask the core can
+        read; if not, the task is failed here (recorded, then its status written), the
+        one end the core cannot decide."""
         try:
-            task = AgentTask.model_validate(_plain(self.body))
+            self.shell.observe_task()
         except ValidationError as error:
-            self._fail_raw("InvalidSpec", f"the AgentTask does not parse: {error}")
+            try:
+                self.shell.fail_unreadable(f"the AgentTask does not parse: {error}")
+                return Done()
+            except (Transient, Permanent, StoreUnavailable) as failed:
+                outcome: Outcome = BackOff(
+                    self.ctx.settings.store_retry_seconds, "transient", str(failed)
+                )
+        else:
+            outcome = self.driver.run_pass()
+        if isinstance(outcome, BackOff):
+            cause = "kubernetes" if outcome.cause == "transient" else outcome.cause
+            metrics.API_ERRORS.labels(cause).inc()
+            self.shell.log.warning(
+                "the pass failed (%s); looking again in %.1fs", outcome.error, outcome.seconds
+            )
+            if outcome.cause == "store":
+                self.shell.show_store_down(outcome.error)
+        return outcome
+
+
+class KubeShell:
+    """The cluster as the driver sees it (see `driver.Shell`)."""
+
+    def __init__(
+        self,
+        ctx: OperatorContext,
+        body: Any,
+        pools: Callable[[str, str], Obj | None],
+        approvals: Callable[[str], Iterable[Obj]],
+    ) -> None:
+        self.ctx = ctx
+        self.body = body
+        self.log = ctx.object_logger(body)
+        self._pools = pools
+        self._approvals = approvals
+        self.written: AgentTaskStatus | None = None
+        self._pool_key: tuple[str, str] | None = None
+
+    @property
+    def uid(self) -> str:
+        return str(self.body["metadata"]["uid"])
+
+    def seconds_until(self, outcome: Outcome) -> float | None:
+        if isinstance(outcome, Done):
             return None
+        if isinstance(outcome, BackOff):
+            return outcome.seconds
+        if outcome.when is None:
+            return self.ctx.settings.idle_requeue_seconds
+        return (outcome.when - datetime.now(UTC)).total_seconds()
+
+    # --- observe ------------------------------------------------------------------
+
+    def observe_task(self) -> AgentTask:
+        task = AgentTask.model_validate(_plain(self.body))
         if self.written is not None:  # the watch may not have brought our last write yet
             task = task.model_copy(update={"status": self.written})
-        self.ctx.count_phase(self.uid, task.status.phase)
-        if task.status.phase.terminal:
-            return None
-        try:
-            pool = self._pool(task)
-            runs = self._runs()
-            decision = self._decide(task, pool, runs)
-            if any(isinstance(a, PlanWithLLM) for a in decision.actions):
-                self.planning = self._plan(task, pool)
-                return 0.0
-            self._record(task, decision, runs)
-            self._act(task, pool, decision)
-        except PoolMissing as missing:
-            self._finish(task, "PoolNotFound", str(missing))
-            return None
-        except StoreUnavailable as error:
-            metrics.API_ERRORS.labels("store").inc()
-            self._store_down(task, str(error))
-            return self.ctx.settings.store_retry_seconds
-        except ValueError as error:  # a pool template that cannot make a safe pod
-            self._finish(task, "InvalidPoolTemplate", str(error))
-            return None
-        self._write_status(task, decision.status)
-        self._post_events(decision)
-        if decision.status.phase.terminal:
-            return None
-        if decision.requeue_at is None:
-            return self.ctx.settings.idle_requeue_seconds
-        return (decision.requeue_at - datetime.now(UTC)).total_seconds()
+        self.ctx.phases.set(self.uid, task.status.phase)
+        return task
 
-    # --- observe and decide ---------------------------------------------------
-
-    def _pool(self, task: AgentTask) -> AgentPool:
+    def observe_pool(self, task: AgentTask) -> AgentPool:
         name, namespace = task.spec.pool_ref.name, task.metadata.namespace
-        body = self.pools(namespace, name)
+        body = self._pools(namespace, name)
         if body is None:
-            raise PoolMissing(
+            raise Permanent(
+                "PoolNotFound",
                 f"spec.poolRef names AgentPool {name!r}, which does not exist in namespace "
-                f"{namespace!r}; create it or point poolRef at an existing pool"
+                f"{namespace!r}; create it or point poolRef at an existing pool",
             )
         return AgentPool.model_validate(_plain(body))
 
-    def _runs(self) -> list[StepRun]:
-        """Attempts from the store, overlaid with what the step Jobs show now."""
-        store = self.ctx.store()
-        # A run the store has as unfinished: its Job (below) says how it goes.
-        stored = [r for r in store.runs(self.uid) if r.finished_at is not None]
-        runs = {(r.step_id, r.attempt): r for r in stored}
-        for job in self.ctx.jobs.for_key(self.uid):
-            pods = self.ctx.pods.for_key(self.uid)
-            name = job["metadata"]["name"]
-            pod = next((p for p in pods if p["metadata"]["labels"].get("job-name") == name), None)
-            run = run_from_job(job, pod, store.load_result)
-            known = runs.get((run.step_id, run.attempt))
-            if known is None or known.state == RunState.running:
-                runs[(run.step_id, run.attempt)] = run
-        return list(runs.values())
+    def observe_runs(self, task: AgentTask) -> Sequence[StepRun]:
+        """Runs of the task's Jobs as the caches show them. A Job deleted a short while ago
+        still tells how its attempt ended; one deleted before it ended shows nothing, so
+        the core counts that attempt as lost."""
+        if not (self.ctx.jobs.ready and self.ctx.pods.ready):
+            raise Transient("the Job and Pod caches have not listed everything yet")
+        jobs, pods = self.ctx.jobs, self.ctx.pods
+        by_job = {
+            p["metadata"].get("labels", {}).get("job-name"): p
+            for p in [*pods.gone_for_key(self.uid), *pods.for_key(self.uid)]
+        }
+        runs = []
+        for job, gone in [(j, True) for j in jobs.gone_for_key(self.uid)] + [
+            (j, False) for j in jobs.for_key(self.uid)
+        ]:
+            run = run_from_job(job, by_job.get(job["metadata"]["name"]), self._load_result)
+            if not (gone and run.finished_at is None):
+                runs.append(run)
+        return runs
 
-    def _decide(self, task: AgentTask, pool: AgentPool, runs: list[StepRun]) -> Decision:
-        key = (task.metadata.namespace, pool.metadata.name)
+    def _load_result(self, ref: str) -> dict[str, Any]:
+        return self.ctx.store().load_result(ref)
+
+    def observe_approvals(self, task: AgentTask) -> Mapping[str, ApprovalView]:
         views = {}
-        for body in self.approvals(self.uid):
+        for body in self._approvals(self.uid):
             view = approval_view(_plain(body))
             views[view.step_id] = view
-        return decide(
-            Observed(
-                task=task,
-                now=datetime.now(UTC),
-                pool=pool.spec,
-                registry=self.ctx.registry,
-                runs=runs,
-                approvals=views,
-                free_slots=self.ctx.ledger.free_for(key, self.uid, pool.spec.replicas),
-                planning=self.planning,
-            )
-        )
+        return views
 
-    def _plan(self, task: AgentTask, pool: AgentPool) -> PlanningResult:
+    def free_slots(self, task: AgentTask, pool: AgentPool) -> int | None:
+        self._pool_key = (task.metadata.namespace, pool.metadata.name)
+        return self.ctx.ledger.reserve(self._pool_key, self.uid, pool.spec.replicas)
+
+    def plan(self, task: AgentTask, pool: AgentPool) -> PlanningResult:
         model = pool.spec.model
         if model is None:
             return PlanningResult(
@@ -330,107 +407,46 @@ class TaskLoop:
         result = asyncio.run(
             plan_with_llm(task.spec, pool.spec, self.ctx.registry, api_key=api_key, model=model)
         )
-        metrics.LLM_TOKENS.inc(result.usage.tokens)
+        metrics.LLM_TOKENS.inc(result.usage.tokens)  # spent now, whatever becomes of it
         metrics.LLM_COST.inc(result.usage.cost_usd)
         return result
 
-    # --- record and act --------------------------------------------------------
+    # --- act ----------------------------------------------------------------------
 
-    def _record(self, task: AgentTask, decision: Decision, runs: list[StepRun]) -> None:
-        """Store first: an action is taken only once what led to it is written down. One
-        transaction; what is remembered as written is only what it committed."""
-        store = self.ctx.store()
-        status, meta = decision.status, task.metadata
-        row = (status.phase, status.reason, status.usage.tokens, status.plan is not None)
-        finished = [
-            run
-            for run in runs
-            if run.state != RunState.running and self.recorded.get(_key(run)) != run.state
-        ]
-        self.pending_events += decision.events
-        with store.batch():
-            if row != self.saved_task:
-                store.upsert_task(
-                    self.uid,
-                    namespace=meta.namespace,
-                    name=meta.name,
-                    phase=status.phase.value,
-                    goal=task.spec.goal,
-                    reason=status.reason,
-                    message=status.message,
-                    plan=[p.wire() for p in status.plan] if status.plan else None,
-                    tokens=status.usage.tokens,
-                    cost_usd=status.usage.cost_usd,
-                )
-            for run in finished:
-                store.record_run(self.uid, run)
-            for action in decision.actions:
-                if isinstance(action, StartStep):
-                    store.record_attempt(
-                        self.uid,
-                        action.step_id,
-                        action.attempt,
-                        phase=RunState.running.value,
-                        started_at=datetime.now(UTC),
-                    )
-            for event in self.pending_events:
-                store.append_event(
-                    self.uid,
-                    event.kind,
-                    step_id=event.step_id,
-                    attempt=event.attempt,
-                    message=event.message,
-                    dedupe_key=event.key,
-                )
-            if decision.checkpointed(task.status) and status.checkpoint is not None:
-                store.record_checkpoint(
-                    self.uid,
-                    status.checkpoint.id,
-                    status.checkpoint.step,
-                    status.checkpoint.time,
-                    status.wire(),
-                )
-        self.saved_task = row
-        for run in finished:
-            self.recorded[_key(run)] = run.state
-            self._observe_finished(task, run)
-        self.pending_events = []
-        spent = status.usage
-        metrics.LLM_TOKENS.inc(max(0, spent.tokens - self.spent.tokens))
-        metrics.LLM_COST.inc(max(0.0, spent.cost_usd - self.spent.cost_usd))
-        self.spent = spent
-
-    def _observe_finished(self, task: AgentTask, run: StepRun) -> None:
-        tool = next((s.tool for s in task.status.plan or [] if s.id == run.step_id), "unknown")
-        if run.finished_at is not None:
-            seconds = (run.finished_at - run.started_at).total_seconds()
-            metrics.STEP_SECONDS.labels(tool, run.state.value).observe(max(seconds, 0.0))
-
-    def _act(self, task: AgentTask, pool: AgentPool, decision: Decision) -> None:
+    def act(self, task: AgentTask, pool: AgentPool | None, decision: Decision) -> None:
         cluster, meta = self.ctx.cluster, task.metadata
-        started = []
         for action in decision.actions:
             if isinstance(action, StartStep):
-                job = step_job(task, pool, action, dsn_secret=self.ctx.settings.dsn_secret)
-                cluster.create_job(job)
-                started.append(job["metadata"]["name"])
-                self._observe_handoff(task, action, decision)
+                assert pool is not None  # a failing task starts nothing
+                self._start(task, pool, action, decision)
             elif isinstance(action, StopStep):
                 for job in self.ctx.jobs.for_key(self.uid):
                     if _attempt_of(job) == (action.step_id, action.attempt):
                         cluster.delete_job(meta.namespace, job["metadata"]["name"])
             elif isinstance(action, RequestApproval):
                 cluster.create_approval(approval_request(task, action))
-                metrics.APPROVALS_PENDING.inc()
             elif isinstance(action, ExpireApproval):
                 name = approval_name(meta.name, self.uid, action.step_id)
                 cluster.patch_status(
                     "approvalrequests", meta.namespace, name, {"phase": ApprovalPhase.expired}
                 )
-                metrics.APPROVALS_PENDING.dec()
-        key = (meta.namespace, pool.metadata.name)
-        self.ctx.ledger.hold(key, started)
-        self.ctx.ledger.wait(key, self.uid, len(decision.queued))
+        if pool is not None:
+            key = (meta.namespace, pool.metadata.name)
+            self.ctx.ledger.wait(key, self.uid, len(decision.queued))
+
+    def _start(
+        self, task: AgentTask, pool: AgentPool, start: StartStep, decision: Decision
+    ) -> None:
+        try:
+            job = step_job(task, pool, start, dsn_secret=self.ctx.settings.dsn_secret)
+        except ValueError as error:  # the pool's template cannot make a safe pod
+            raise Permanent("InvalidPoolTemplate", str(error)) from error
+        created = self.ctx.cluster.create_job(job)
+        self.ctx.jobs.put(created)  # known now: the next pass must not think it lost
+        self.ctx.ledger.take(
+            (task.metadata.namespace, pool.metadata.name), self.uid, [job["metadata"]["name"]]
+        )
+        self._observe_handoff(task, start, decision)
 
     def _observe_handoff(self, task: AgentTask, start: StartStep, decision: Decision) -> None:
         step = next((s for s in decision.status.plan or [] if s.id == start.step_id), None)
@@ -443,57 +459,73 @@ class TaskLoop:
             seconds = (datetime.now(UTC) - max(finished)).total_seconds()
             metrics.HANDOFF_SECONDS.observe(max(seconds, 0.0))
 
-    # --- status -----------------------------------------------------------------
+    def settle(self, task: AgentTask) -> None:
+        for uid in self.ctx.ledger.settle(self.uid):
+            self.ctx.wakers.wake(uid)
 
-    def _write_status(self, task: AgentTask, status: AgentTaskStatus) -> None:
+    # --- status and what to tell ----------------------------------------------------
+
+    def write_status(self, task: AgentTask, status: AgentTaskStatus) -> None:
         """Patch only what changed; fields that went away are removed, not left stale."""
         patch = merge_patch(task.status.wire(), status.wire())
         if patch:
             meta = task.metadata
             self.ctx.cluster.patch_status("agenttasks", meta.namespace, meta.name, patch)
-            self.ctx.count_phase(self.uid, status.phase)
+            self.ctx.phases.set(self.uid, status.phase)
         self.written = status  # only once written: a failed patch is made again next pass
 
-    def _post_events(self, decision: Decision) -> None:
-        for event in decision.events:
+    def tell(self, task: AgentTask, recorded: Recorded) -> None:
+        plan = {s.id: s.tool for s in recorded.decision.status.plan or []}
+        for run in recorded.runs:
+            metrics.LLM_TOKENS.inc(run.usage.tokens)
+            metrics.LLM_COST.inc(run.usage.cost_usd)
+            if run.finished_at is not None:
+                seconds = max((run.finished_at - run.started_at).total_seconds(), 0.0)
+                tool = plan.get(run.step_id, "unknown")
+                metrics.STEP_SECONDS.labels(tool, run.state.value).observe(seconds)
+        for event in recorded.events:
             if event.kind == EventKind.step_retried:
                 metrics.RETRIES.inc()
             self.ctx.post_event(self.body, event)
 
-    def _store_down(self, task: AgentTask, message: str) -> None:
-        """Keep the task's place: nothing new starts until the store is back."""
-        status = task.status.model_copy(deep=True)
-        status.reason = "StoreUnavailable"
-        status.message = f"the checkpoint store is unreachable; waiting: {message}"
-        status.conditions = task_conditions(status, task, datetime.now(UTC))
-        self._write_status(task, status)
+    def show_store_down(self, error: str) -> None:
+        """Say in the status why the task is held: nothing new starts until the store is
+        back (nothing is recorded, so nothing may be done)."""
+        with contextlib.suppress(Transient, Permanent, ValidationError):
+            task = self.observe_task()
+            status = task.status.model_copy(deep=True)
+            status.reason = "StoreUnavailable"
+            status.message = f"the checkpoint store is unreachable; waiting: {error}"
+            status.conditions = task_conditions(status, task, datetime.now(UTC))
+            self.write_status(task, status)
 
-    def _finish(self, task: AgentTask, reason: str, message: str) -> None:
-        """Fail the task for a reason the core cannot see (pool, template, spec)."""
-        status = task.status.model_copy(deep=True)
-        status.phase, status.reason, status.message = TaskPhase.failed, reason, message
-        status.completion_time = datetime.now(UTC)
-        status.conditions = task_conditions(status, task, datetime.now(UTC))
-        self._write_status(task, status)
-        self.ctx.post_event(
-            self.body, Event(EventKind.task_finished, reason, message, warning=True)
-        )
-
-    def _fail_raw(self, reason: str, message: str) -> None:
+    def fail_unreadable(self, message: str) -> None:
         meta = self.body["metadata"]
-        now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
-        status = {"phase": "Failed", "reason": reason, "message": message[:1000]}
-        status["completionTime"] = now
+        now = datetime.now(UTC)
+        store = self.ctx.store()
+        with store.batch():
+            store.upsert_task(
+                self.uid,
+                namespace=meta["namespace"],
+                name=meta["name"],
+                phase=TaskPhase.failed.value,
+                reason="InvalidSpec",
+                message=message,
+            )
+            store.append_event(
+                self.uid, EventKind.task_finished, message=message, dedupe_key="InvalidSpec"
+            )
+        status = {"phase": TaskPhase.failed.value, "reason": "InvalidSpec"}
+        status |= {"message": message[:1000], "completionTime": now.isoformat()}
         self.ctx.cluster.patch_status("agenttasks", meta["namespace"], meta["name"], status)
-
-
-def _key(run: StepRun) -> tuple[str, int]:
-    return run.step_id, run.attempt
+        self.ctx.post_event(
+            self.body, Event(EventKind.task_finished, "InvalidSpec", message, warning=True)
+        )
 
 
 def _attempt_of(job: Obj) -> tuple[str, int]:
     labels = job["metadata"].get("labels", {})
-    return labels.get("agentoperator.io/step", ""), int(labels.get("agentoperator.io/attempt", 0))
+    return labels.get(LABEL_STEP, ""), int(labels.get(LABEL_ATTEMPT, 0))
 
 
 def _plain(body: Any) -> Obj:

@@ -41,7 +41,8 @@ class World:
     pool: AgentPoolSpec = field(default_factory=AgentPoolSpec)
     free_slots: int | None = None
     registry: ToolRegistry = REGISTRY
-    runs: dict[tuple[str, int], StepRun] = field(default_factory=dict)
+    runs: dict[tuple[str, int], StepRun] = field(default_factory=dict)  # live: what executes
+    recorded: dict[tuple[str, int], StepRun] = field(default_factory=dict)  # the store's
     approvals: dict[str, ApprovalView] = field(default_factory=dict)
     planning: PlanningResult | None = None
     decisions: list[Decision] = field(default_factory=list)
@@ -55,7 +56,8 @@ class World:
                 now=self.now,
                 pool=self.pool,
                 registry=self.registry,
-                runs=list(self.runs.values()),
+                recorded=list(self.recorded.values()),
+                live=list(self.runs.values()),
                 approvals=dict(self.approvals),
                 free_slots=self.free_slots,
                 planning=self.planning,
@@ -63,12 +65,15 @@ class World:
         )
         self.decisions.append(decision)
         self.task = self.task.model_copy(update={"status": decision.status})
+        for run in decision.finished:  # record, then act, as the shells do
+            self.recorded[(run.step_id, run.attempt)] = run
         for action in decision.actions:
             if isinstance(action, StartStep):
                 key = (action.step_id, action.attempt)
-                assert key not in self.runs, f"{key} started twice"
+                assert key not in self.runs and key not in self.recorded, f"{key} started twice"
                 self.started.append(action)
-                self.runs[key] = StepRun(action.step_id, action.attempt, RunState.running, self.now)
+                run = StepRun(action.step_id, action.attempt, RunState.running, self.now)
+                self.runs[key] = self.recorded[key] = run
             elif isinstance(action, StopStep):
                 self.stopped.append(action)
                 self.finish(action.step_id, ok=False, attempt=action.attempt, message=action.reason)

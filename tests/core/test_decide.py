@@ -9,12 +9,15 @@ from agent_operator.api import AgentPoolSpec, ApprovalPhase, StepPhase, TaskPhas
 from agent_operator.core.decide import (
     UNRECORDED_APPROVER,
     EventKind,
+    Observed,
     PlanningResult,
     PlanWithLLM,
     RequestApproval,
+    ShellFailure,
     StartStep,
     StopStep,
     backoff,
+    decide,
 )
 from agent_runtime.registry import Usage
 
@@ -416,3 +419,80 @@ def test_a_restart_reobserving_the_same_runs_starts_nothing_twice() -> None:
     fresh = make_task({"steps": [{"id": "a", **NOOP}, {"id": "b", **NOOP}]})
     restarted = World(fresh, runs=dict(w.runs))  # status lost: only the runs are observed
     assert started(restarted.step()) == []
+
+
+def test_a_started_attempt_whose_job_is_gone_is_lost_and_counts_as_a_failed_attempt() -> None:
+    """Issue 9.1: the store says attempt 1 started; its Job vanished before its outcome was
+    recorded. It must not start again under the same attempt number."""
+    w = world({"steps": [{"id": "a", **NOOP}]})  # retries: 0
+    assert started(w.step()) == [("a", 1)]
+    del w.runs[("a", 1)]  # the Job is gone (TTL during a store outage, kubectl delete job)
+    d = w.step()
+    assert started(d) == []
+    assert [(r.step_id, r.attempt, r.reason) for r in d.finished] == [("a", 1, "Lost")]
+    assert (d.status.phase, d.status.reason) == (TaskPhase.failed, "StepFailed")
+    assert "gone" in (d.status.message or "")
+
+
+def test_a_lost_attempt_is_retried_as_the_next_attempt_when_retries_allow() -> None:
+    w = world({"steps": [{"id": "a", **NOOP, "retries": 1}], "limits": {"backoffSeconds": 0}})
+    w.step()
+    del w.runs[("a", 1)]
+    d = w.step()
+    assert started(d) == [("a", 2)]
+    assert w.recorded[("a", 1)].reason == "Lost"
+
+
+def test_a_recorded_end_is_final_and_recorded_once() -> None:
+    w = world({"steps": [{"id": "a", **NOOP}, {"id": "b", **NOOP}]})
+    w.step()
+    w.finish("a", outputs={"n": 1})
+    d = w.step()
+    assert [(r.step_id, r.state.value) for r in d.finished] == [("a", "Succeeded")]
+    w.runs[("a", 1)] = replace(w.runs[("a", 1)], outputs={"n": 2})  # a late, different word
+    d = w.step()
+    assert d.finished == []
+    assert w.recorded[("a", 1)].outputs == {"n": 1}
+
+
+def test_a_stopped_attempt_is_recorded_with_the_reason_it_was_stopped() -> None:
+    w = world({"steps": [{"id": "a", **NOOP, "timeoutSeconds": 30}]})
+    w.step()
+    w.advance(30)
+    d = w.step()
+    assert [(r.step_id, r.attempt, r.reason) for r in d.finished] == [("a", 1, "TimedOut")]
+
+
+def test_the_approval_decision_is_audited_with_who_decided_and_why() -> None:
+    """Issue 9.9: the approval_decided event said `Starting`, with no approver and no reason."""
+    w = risky()
+    w.step()
+    w.approvals["boom"] = replace(
+        w.approvals["boom"], phase=ApprovalPhase.approved, decided_by="alice", reason="fine"
+    )
+    d = w.step()
+    decided = [e for e in d.events if e.kind == EventKind.approval_decided]
+    assert [(e.reason, e.message) for e in decided] == [("StepApproved", "approved by alice: fine")]
+
+
+def test_a_failure_found_by_the_shell_ends_the_task_through_the_core() -> None:
+    """Issue 9.9: failures decided in a shell go through decide(), so they are recorded,
+    get events and conditions, and stop what still runs."""
+    w = world({"steps": [{"id": "a", **NOOP}]})
+    w.step()
+    observed = Observed(
+        task=w.task,
+        now=w.now,
+        pool=w.pool,
+        registry=w.registry,
+        recorded=list(w.recorded.values()),
+        live=list(w.runs.values()),
+        failure=ShellFailure("InvalidPoolTemplate", "the template is unsafe"),
+    )
+    d = decide(observed)
+    assert (d.status.phase, d.status.reason) == (TaskPhase.failed, "InvalidPoolTemplate")
+    assert StopStep("a", 1, "TaskFailed") in d.actions
+    assert [(r.step_id, r.reason) for r in d.finished] == [("a", "TaskFailed")]
+    assert [e.kind for e in d.events][-1] == EventKind.task_finished
+    ready = next(c for c in d.status.conditions if c.type == "Ready")
+    assert (ready.status.value, ready.reason) == ("False", "InvalidPoolTemplate")
