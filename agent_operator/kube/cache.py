@@ -172,6 +172,9 @@ class LabelledCache:
         return str(listing.get("metadata", {}).get("resourceVersion", ""))
 
     def _run(self, scope: int, lister: Lister, kwargs: dict[str, str]) -> None:
+        """List once, then watch from the last version seen; a watch that ended or broke
+        is resumed from there, and only a version the server no longer has (410) or a
+        failed list leads to listing again."""
         version: str | None = None
         while not self._stop.is_set():
             try:
@@ -179,13 +182,13 @@ class LabelledCache:
                     version = self._relist(scope, lister, kwargs)
                 version = self._follow(lister, kwargs, version)
             except ApiException as error:
-                version = None
-                if error.status != 410:
-                    log.warning("watching %s failed (%s); listing again", self.kind, error.status)
-                    self._stop.wait(RETRY_SECONDS)
-            except Exception as error:  # connection drops: list again after a pause
-                version = None
-                log.warning("watching %s failed: %s; listing again", self.kind, error)
+                if error.status == 410:
+                    version = None
+                    continue
+                log.warning("watching %s failed (%s); resuming", self.kind, error.status)
+                self._stop.wait(RETRY_SECONDS)
+            except Exception as error:  # a dropped connection: resume after a pause
+                log.warning("watching %s failed: %s; resuming", self.kind, error)
                 self._stop.wait(RETRY_SECONDS)
 
     def _follow(self, lister: Lister, kwargs: dict[str, str], version: str) -> str | None:
