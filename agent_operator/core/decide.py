@@ -422,8 +422,6 @@ def _run(observed: Observed, status: AgentTaskStatus, merged: list[StepRun]) -> 
                 reason="Starting",
                 message=None,
             )
-    elif spec.suspend:
-        actions = [a for a in actions if not isinstance(a, RequestApproval)]
 
     status.steps = [
         _step_status(task.metadata.uid or task.metadata.name, s.id, views[s.id]) for s in plan
@@ -614,6 +612,10 @@ def _approval_gate(
     """None when the step is approved; otherwise the view that holds or ends it."""
     approval, now = observed.approvals.get(step.id), observed.now
     safety = observed.task.spec.safety
+    if approval is None and observed.task.spec.suspend:
+        return _StepView(
+            StepPhase.pending, reason="Suspended", message="asks for approval once resumed"
+        )
     if approval is None:
         expires = now + timedelta(seconds=safety.approval_timeout_seconds)
         actions.append(RequestApproval(step.id, step.tool, params, step.risk, expires))

@@ -496,3 +496,17 @@ def test_a_failure_found_by_the_shell_ends_the_task_through_the_core() -> None:
     assert [e.kind for e in d.events][-1] == EventKind.task_finished
     ready = next(c for c in d.status.conditions if c.type == "Ready")
     assert (ready.status.value, ready.reason) == ("False", "InvalidPoolTemplate")
+
+
+def test_a_suspended_task_asks_no_approval_and_tells_of_none() -> None:
+    """Issue 9.18: a suspended task emitted ApprovalRequested without creating a request."""
+    w = risky()
+    w.task.spec.suspend = True
+    d = w.step()
+    assert not [a for a in d.actions if isinstance(a, RequestApproval)]
+    assert EventKind.approval_requested not in [e.kind for e in d.events]
+    assert w.phase_of("boom") == "Pending"
+    w.task.spec.suspend = False
+    d = w.step()
+    assert [a.step_id for a in d.actions if isinstance(a, RequestApproval)] == ["boom"]
+    assert EventKind.approval_requested in [e.kind for e in d.events]
