@@ -20,6 +20,7 @@ from typing import Any
 from agent_operator.api import (
     AgentPoolSpec,
     AgentTask,
+    AgentTaskSpec,
     AgentTaskStatus,
     ApprovalPhase,
     CheckpointRef,
@@ -300,9 +301,10 @@ def _plan(observed: Observed, status: AgentTaskStatus) -> Decision | None:
     spec = observed.task.spec
     if spec.steps:
         try:
-            status.plan = build_plan(spec.steps, spec, observed.pool, observed.registry)
+            built = build_plan(spec.steps, spec, observed.pool, observed.registry)
         except InvalidPlan as error:
             return _fail_planning(observed, status, "InvalidPlan", str(error))
+        status.plan = [s.model_copy(update={"params": {}}) for s in built]  # in the spec
     elif observed.planning is None:
         status.phase = TaskPhase.planning
         status.conditions = task_conditions(status, observed.task, observed.now)
@@ -320,6 +322,16 @@ def _plan(observed: Observed, status: AgentTaskStatus) -> Decision | None:
         status.plan = observed.planning.plan
     status.start_time = status.start_time or observed.now
     return None
+
+
+def full_plan(spec: AgentTaskSpec, plan: list[PlannedStep]) -> list[PlannedStep]:
+    """The plan with every step's params. A plan made from `spec.steps` keeps its params in
+    the spec only (immutable once planned), so the status stays small however large they
+    are; an LLM-made plan carries its own."""
+    if not spec.steps:
+        return plan
+    params = {s.id: s.params for s in spec.steps}
+    return [s.model_copy(update={"params": params.get(s.id, {})}) for s in plan]
 
 
 def _fail_planning(
@@ -363,7 +375,7 @@ def _timed_out(run: StepRun, step: PlannedStep, now: datetime) -> bool:
 def _run(observed: Observed, status: AgentTaskStatus, merged: list[StepRun]) -> Decision:
     task, now = observed.task, observed.now
     spec = task.spec
-    plan = status.plan or []
+    plan = full_plan(spec, status.plan or [])
     actions: list[Action] = []
     runs = _runs_by_step(merged)
     running = [r for rs in runs.values() for r in rs if r.state == RunState.running]

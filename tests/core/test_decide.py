@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import timedelta
 
@@ -510,3 +511,20 @@ def test_a_suspended_task_asks_no_approval_and_tells_of_none() -> None:
     d = w.step()
     assert [a.step_id for a in d.actions if isinstance(a, RequestApproval)] == ["boom"]
     assert EventKind.approval_requested in [e.kind for e in d.events]
+
+
+def test_a_static_plans_params_stay_in_the_spec_and_out_of_the_status() -> None:
+    """Issue 9.12: status.plan copied every step's params, so a task with large params
+    could never write its status (etcd's request limit)."""
+    big = "x" * 100_000
+    w = world({"steps": [{"id": "a", "tool": "noop", "params": {"outputs": {"blob": big}}}]})
+    d = w.step()
+    assert [a.params for a in d.actions if isinstance(a, StartStep)] == [
+        {"outputs": {"blob": big}}
+    ]
+    assert len(json.dumps(d.status.wire())) < 2_000
+    restarted = World(make_task(w.task.spec.wire()), runs=dict(w.runs))
+    restarted.task = restarted.task.model_copy(update={"status": d.status})
+    w.finish("a", outputs={"blob": "small"})
+    restarted.runs = dict(w.runs)
+    assert restarted.step().status.phase == TaskPhase.succeeded
