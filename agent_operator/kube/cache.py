@@ -227,6 +227,8 @@ class LabelledCache:
             if kind == "DELETED":
                 self._drop(key)
                 self._gone[key] = (obj, time.monotonic())
+            elif self._objects.get(key) == obj:
+                return  # nothing new (a resumed watch may send what it sent before)
             else:
                 self._store(key, obj)
         self._notify(kind, obj)

@@ -25,6 +25,7 @@ from agent_operator.kube.manifests import (
 )
 from agent_operator.kube.reconciler import (
     EventPoster,
+    KubeShell,
     ObjectLoggerFactory,
     OperatorContext,
     TaskLoop,
@@ -224,7 +225,7 @@ def _task_loop(
         found = list(pools_by_name.get((namespace, name), []))
         return found[0] if found else None
 
-    return TaskLoop(ctx, body, pool, lambda uid: list(approvals_by_task.get(uid, [])))
+    return TaskLoop(KubeShell(ctx, body, pool, lambda uid: list(approvals_by_task.get(uid, []))))
 
 
 @kopf.on.field(GROUP, VERSION, "approvalrequests", field="spec.decision")

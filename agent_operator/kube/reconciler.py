@@ -70,7 +70,7 @@ from agent_operator.planner import plan_with_llm
 from agent_operator.store import Store, StoreUnavailable
 from agent_runtime.registry import ToolRegistry
 
-__all__ = ["EventPoster", "ObjectLoggerFactory", "OperatorContext", "TaskLoop"]
+__all__ = ["EventPoster", "KubeShell", "ObjectLoggerFactory", "OperatorContext", "TaskLoop"]
 
 Obj = dict[str, Any]
 EventPoster = Callable[[Any, Event], None]  # a Kopf body or a plain dict
@@ -221,17 +221,11 @@ class OperatorContext:
 
 
 class TaskLoop:
-    """The loop of one task. `body` is Kopf's live view of the AgentTask."""
+    """The loop of one task: passes of its driver with the task's Kubernetes shell."""
 
-    def __init__(
-        self,
-        ctx: OperatorContext,
-        body: Any,
-        pools: Callable[[str, str], Obj | None],
-        approvals: Callable[[str], Iterable[Obj]],
-    ) -> None:
-        self.ctx = ctx
-        self.shell = KubeShell(ctx, body, pools, approvals)
+    def __init__(self, shell: KubeShell) -> None:
+        self.ctx = ctx = shell.ctx
+        self.shell = shell
         settings = ctx.settings
         self.driver = Driver(
             self.shell,
@@ -300,7 +294,8 @@ class TaskLoop:
 
 
 class KubeShell:
-    """The cluster as the driver sees it (see `driver.Shell`)."""
+    """The cluster as the driver sees it (see `driver.Shell`). `body` is Kopf's live view
+    of the AgentTask; `pools` and `approvals` read Kopf's indexes."""
 
     def __init__(
         self,

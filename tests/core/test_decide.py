@@ -519,9 +519,7 @@ def test_a_static_plans_params_stay_in_the_spec_and_out_of_the_status() -> None:
     big = "x" * 100_000
     w = world({"steps": [{"id": "a", "tool": "noop", "params": {"outputs": {"blob": big}}}]})
     d = w.step()
-    assert [a.params for a in d.actions if isinstance(a, StartStep)] == [
-        {"outputs": {"blob": big}}
-    ]
+    assert [a.params for a in d.actions if isinstance(a, StartStep)] == [{"outputs": {"blob": big}}]
     assert len(json.dumps(d.status.wire())) < 2_000
     restarted = World(make_task(w.task.spec.wire()), runs=dict(w.runs))
     restarted.task = restarted.task.model_copy(update={"status": d.status})

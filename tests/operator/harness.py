@@ -40,6 +40,15 @@ JOBS = resource("batch", "v1", "jobs")
 PODS = resource("", "v1", "pods")
 NS = "team-a"
 LABEL_STEP = "agentoperator.io/step"
+# What an API server sends on a watch whose resourceVersion is too old.
+EXPIRED = {
+    "apiVersion": "v1",
+    "kind": "Status",
+    "status": "Failure",
+    "code": 410,
+    "reason": "Expired",
+    "message": "too old resource version",
+}
 VERBS = ["get", "list", "watch", "create", "update", "patch", "delete"]
 
 

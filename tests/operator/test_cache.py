@@ -13,7 +13,7 @@ import pytest
 from agent_operator.kube.cache import LabelledCache
 from agent_operator.kube.manifests import LABEL_TASK_UID, MANAGED_SELECTOR
 
-from .harness import JOBS, NS, Emulated, eventually
+from .harness import EXPIRED, JOBS, NS, Emulated, eventually
 
 
 def job(name: str, task: str) -> dict[str, Any]:
@@ -27,16 +27,6 @@ def job(name: str, task: str) -> dict[str, Any]:
         },
         "spec": {"template": {"spec": {"containers": [{"name": "step", "image": "x"}]}}},
     }
-
-
-EXPIRED = {
-    "apiVersion": "v1",
-    "kind": "Status",
-    "status": "Failure",
-    "code": 410,
-    "reason": "Expired",
-    "message": "too old resource version",
-}
 
 
 class Changes:
@@ -92,7 +82,7 @@ def test_a_relist_after_410_wakes_only_the_tasks_whose_objects_changed(
 ) -> None:
     for name, task in (("a", "task-a"), ("b", "task-b")):
         cluster.batch.create_namespaced_job(NS, job(name, task))
-    eventually(lambda: jobs.get(NS, "a") and jobs.get(NS, "b"), what="both Jobs cached")
+    eventually(lambda: sorted(changes.names()) == ["a", "b"], what="both Jobs seen")
     assert [o["metadata"]["name"] for o in jobs.for_key("task-a")] == ["a"]
     relists = jobs.relists
     cluster.store_silently(JOBS, {**job("b", "task-b"), "status": {"active": 1}})
@@ -102,7 +92,7 @@ def test_a_relist_after_410_wakes_only_the_tasks_whose_objects_changed(
 
     eventually(lambda: jobs.relists > relists, what="a relist after 410")
     eventually(lambda: (jobs.get(NS, "b") or {}).get("status") == {"active": 1}, what="b fresh")
-    assert changes.names()[seen:] == ["b"]  # a did not change: its task is not woken
+    assert changes.seen[seen:] == [("MODIFIED", "b")], changes.seen  # a did not change
 
 
 def test_a_deleted_job_leaves_its_last_state_for_a_while(
