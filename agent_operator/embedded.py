@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TextIO
 
+from agent_contract import ToolRegistry
 from agent_operator.api import (
     AgentPool,
     AgentPoolSpec,
@@ -47,7 +48,6 @@ from agent_operator.local import LocalExecutor
 from agent_operator.planner import api_key_from_env, plan_with_llm
 from agent_operator.redact import redact
 from agent_operator.store import Store
-from agent_runtime.registry import ToolRegistry
 
 POLL_SECONDS = 0.2
 

@@ -24,6 +24,7 @@ import urllib3
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
+from agent_contract import ToolRegistry, Usage
 from agent_operator.api import (
     AgentPool,
     AgentTask,
@@ -57,7 +58,6 @@ from agent_operator.kube.observe import approval_view, run_from_job
 from agent_operator.kube.settings import OperatorSettings
 from agent_operator.planner import plan_with_llm
 from agent_operator.store import Store, StoreUnavailable
-from agent_runtime.registry import ToolRegistry, Usage
 
 Obj = dict[str, Any]
 EventPoster = Callable[[Any, Event], None]  # a Kopf body or a plain dict
@@ -282,7 +282,9 @@ class TaskLoop:
             pods = self.ctx.pods.for_key(self.uid)
             name = job["metadata"]["name"]
             pod = next((p for p in pods if p["metadata"]["labels"].get("job-name") == name), None)
-            run = run_from_job(job, pod, store.load_result)
+            # A large result is read from the pod's log once: the store keeps it after that.
+            read_log = None if _attempt_of(job) in runs else self.ctx.cluster.step_log_tail
+            run = run_from_job(job, pod, read_log)
             known = runs.get((run.step_id, run.attempt))
             if known is None or known.state == RunState.running:
                 runs[(run.step_id, run.attempt)] = run
@@ -411,7 +413,7 @@ class TaskLoop:
         started = []
         for action in decision.actions:
             if isinstance(action, StartStep):
-                job = step_job(task, pool, action, dsn_secret=self.ctx.settings.dsn_secret)
+                job = step_job(task, pool, action)
                 cluster.create_job(job)
                 started.append(job["metadata"]["name"])
                 self._observe_handoff(task, action, decision)
