@@ -22,6 +22,8 @@ from pydantic import ValidationError
 from agent_contract import MAX_RESULT_BYTES, STEP_ENV, StepInvocation, StepResult, full_result
 from agent_operator.core.decide import RunState, StepRun
 
+__all__ = ["LocalExecutor", "read_result"]
+
 
 @dataclass
 class _Process:

@@ -15,6 +15,8 @@ from typing import Any
 
 from agent_runtime.registry import Tool, ToolContext, ToolOutcome, ToolTimeout
 
+__all__ = ["run_tool"]
+
 GRACE_SECONDS = 1.0
 
 

@@ -15,6 +15,8 @@ from urllib.parse import unquote, urlsplit
 
 from agent_contract import StepInvocation
 
+__all__ = ["MASK", "redact", "referenced_variables", "secret_values", "variables_named_in"]
+
 MASK = "***"
 # Shorter values would mask ordinary words in outputs and protect little.
 MIN_SECRET_LENGTH = 6

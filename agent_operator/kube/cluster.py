@@ -13,6 +13,8 @@ from agent_contract import MAX_RESULT_BYTES
 from agent_operator.api import GROUP, VERSION
 from agent_operator.kube.manifests import CONTAINER
 
+__all__ = ["Cluster"]
+
 log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]

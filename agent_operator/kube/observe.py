@@ -22,6 +22,8 @@ from agent_operator.core.decide import ApprovalView, RunState, StepRun
 from agent_operator.kube.manifests import CONTAINER, LABEL_ATTEMPT, LABEL_STEP
 from agent_operator.redact import redact_text
 
+__all__ = ["LoadResult", "approval_view", "run_from_job"]
+
 Obj = Mapping[str, Any]
 # The last line of a step pod's log: (namespace, pod name) -> the line, None when gone.
 LoadResult = Callable[[str, str], str | None]

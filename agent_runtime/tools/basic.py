@@ -8,6 +8,8 @@ from typing import Any
 from agent_contract.builtin import basic as specs
 from agent_runtime.registry import Tool, ToolContext, ToolFailure, ToolOutcome
 
+__all__ = ["TOOLS"]
+
 
 def _noop(params: dict[str, Any], ctx: ToolContext) -> ToolOutcome:
     return ToolOutcome(outputs=dict(params.get("outputs", {})))

@@ -19,6 +19,8 @@ import httpx
 from agent_contract.builtin import http as specs
 from agent_runtime.registry import Tool, ToolContext, ToolFailure, ToolOutcome, ToolTimeout
 
+__all__ = ["ALLOWED_HOSTS_ENV", "HTTP_REQUEST", "TOOLS", "allowed_hosts", "host_allowed"]
+
 ALLOWED_HOSTS_ENV = "AGENT_HTTP_ALLOWED_HOSTS"
 # Headers worth reporting; cookies and auth challenges stay out of results.
 REPORTED_HEADERS = (

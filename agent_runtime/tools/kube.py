@@ -15,6 +15,8 @@ from typing import Any
 from agent_contract.builtin import kube as specs
 from agent_runtime.registry import Tool, ToolContext, ToolFailure, ToolOutcome
 
+__all__ = ["KUBERNETES_APPLY", "KUBERNETES_DELETE", "KUBERNETES_GET", "KUBERNETES_LIST", "TOOLS"]
+
 DEFAULT_TIMEOUT = 30.0
 FIELD_MANAGER = "agent-runtime"
 

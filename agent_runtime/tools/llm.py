@@ -17,6 +17,8 @@ from agent_runtime.executor import run_tool
 from agent_runtime.redaction import redact, referenced_variables, secret_values, variables_named_in
 from agent_runtime.registry import Tool, ToolContext, ToolFailure, ToolOutcome, ToolTimeout
 
+__all__ = ["LLM_COMPLETE", "REACT_AGENT_TOOL", "TOOLS"]
+
 if TYPE_CHECKING:  # openai is imported when an LLM tool runs: it slows every start
     from openai import OpenAI
     from openai.types.chat import ChatCompletion, ChatCompletionMessageToolCallUnion

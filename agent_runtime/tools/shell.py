@@ -19,6 +19,8 @@ from agent_contract.builtin import shell as specs
 from agent_contract.builtin.shell import DEFAULT_TIMEOUT
 from agent_runtime.registry import Tool, ToolContext, ToolFailure, ToolOutcome, ToolTimeout
 
+__all__ = ["SHELL", "TOOLS"]
+
 BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 DEFAULT_MAX_OUTPUT = 16 * 1024

@@ -22,6 +22,8 @@ from agent_contract.builtin import sql as specs
 from agent_contract.builtin.sql import DEFAULT_DSN_ENV, DEFAULT_MAX_ROWS
 from agent_runtime.registry import Tool, ToolContext, ToolFailure, ToolOutcome, ToolTimeout
 
+__all__ = ["SQL_EXECUTE", "SQL_QUERY", "TOOLS", "jsonable"]
+
 DEFAULT_TIMEOUT = 60.0
 
 if TYPE_CHECKING:  # SQLAlchemy is imported when a SQL tool runs: it slows every start
