@@ -604,7 +604,7 @@ def test_a_result_over_4_kib_comes_back_whole_through_the_pod_log_without_a_dsn(
     ]
     apply_yaml(kubectl, namespace, pool("default"), task("big-result", steps))
     status = expect_phase(finished(kubectl, namespace, "big-result"), "Succeeded")
-    assert status["outputs"] == {"echo": blob}  # the summary would have carried a marker
+    assert status["outputs"] == {"use": {"echo": blob}}  # a summary would carry a marker
     uid = uid_of(kubectl, namespace, "big-result")
     [(outputs,)] = query(
         operator.dsn,
