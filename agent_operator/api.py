@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from agent_runtime.registry import RiskLevel, Usage
+from agent_contract import RiskLevel, Usage
 
 GROUP = "agentoperator.io"
 VERSION = "v1alpha1"

@@ -12,6 +12,7 @@ from typing import Any, TextIO
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from agent_contract import ToolRegistry
 from agent_operator.api import AgentPool, AgentTask, TaskPhase
 from agent_operator.core.decide import Observed, decide
 from agent_operator.embedded import (
@@ -26,7 +27,8 @@ from agent_operator.embedded import (
 )
 from agent_operator.local import LocalExecutor
 from agent_operator.store import Store, StoreError, default_sqlite_path
-from agent_runtime.registry import ToolRegistry
+
+DSN_ENV = "AGENT_OPERATOR_DSN"
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -181,9 +183,10 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
             else (terminal_approver(input) if sys.stdin.isatty() else refuse_unattended)
         )
         workdir = Path(args.workdir) / task.metadata.uid  # type: ignore[operator]
-        executor = LocalExecutor(workdir, env=dict(os.environ), load_result=store.load_result)
-        if args.dsn:
-            executor.env["AGENT_OPERATOR_DSN"] = args.dsn
+        # Steps get the user's environment but never the store's DSN: they report through
+        # their result and log files, and the store is this process's alone.
+        env = {name: value for name, value in os.environ.items() if name != DSN_ENV}
+        executor = LocalExecutor(workdir, env=env)
         embedded = EmbeddedRun(task, pool, store, executor, approver, out, registry)
         try:
             task = embedded.run()
@@ -221,7 +224,7 @@ def parser() -> argparse.ArgumentParser:
     run_cmd.add_argument("--resume", action="store_true", help="continue the last run of this task")
     run_cmd.add_argument(
         "--dsn",
-        default=os.environ.get("AGENT_OPERATOR_DSN"),
+        default=os.environ.get(DSN_ENV),
         help="checkpoint store (default: SQLite)",
     )
     run_cmd.add_argument(

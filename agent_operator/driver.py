@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Protocol
 
+from agent_contract import ToolRegistry
 from agent_operator.api import AgentPool, AgentPoolSpec, AgentTask, AgentTaskStatus
 from agent_operator.core.decide import (
     ApprovalView,
@@ -34,13 +35,13 @@ from agent_operator.core.decide import (
 from agent_operator.core.naming import job_name
 from agent_operator.core.plan import PlanningResult
 from agent_operator.store import Store, StoreUnavailable
-from agent_runtime.registry import ToolRegistry
 
 __all__ = [
     "MAX_BACKOFF_SECONDS",
     "BackOff",
     "Done",
     "Driver",
+    "Key",
     "Outcome",
     "Permanent",
     "Recorded",
@@ -114,8 +115,9 @@ class Shell(Protocol):
 
     def observe_pool(self, task: AgentTask) -> AgentPool: ...
 
-    def observe_runs(self, task: AgentTask) -> Sequence[StepRun]:
-        """Every attempt the executor shows now, from a complete view (a synced cache)."""
+    def observe_runs(self, task: AgentTask, ended: Collection[Key]) -> Sequence[StepRun]:
+        """Every attempt the executor shows now, from a complete view (a synced cache).
+        `ended` are the attempts whose end is recorded: their results need no reading."""
 
     def observe_approvals(self, task: AgentTask) -> Mapping[str, ApprovalView]: ...
 
@@ -252,13 +254,16 @@ class Driver:
                 pool=pool,
                 registry=self.registry,
                 recorded=list(self._runs(task).values()),
-                live=self.shell.observe_runs(task),
+                live=self.shell.observe_runs(task, self._ended(task)),
                 approvals=approvals,
                 free_slots=free_slots,
                 planning=self.planning,
                 failure=self.failure,
             )
         )
+
+    def _ended(self, task: AgentTask) -> set[Key]:
+        return {key for key, run in self._runs(task).items() if run.finished_at is not None}
 
     def _runs(self, task: AgentTask) -> dict[Key, StepRun]:
         """The attempts recorded: read once, then kept up to date by this driver's writes."""

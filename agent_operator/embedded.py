@@ -11,11 +11,12 @@ import asyncio
 import getpass
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TextIO
 
+from agent_contract import ToolRegistry
 from agent_operator.api import (
     AgentPool,
     AgentPoolSpec,
@@ -39,12 +40,11 @@ from agent_operator.core.invocation import step_invocation
 from agent_operator.core.naming import job_name
 from agent_operator.core.plan import PlanningResult
 from agent_operator.core.summary import summarize
-from agent_operator.driver import BackOff, Done, Driver, Recorded
+from agent_operator.driver import BackOff, Done, Driver, Key, Recorded
 from agent_operator.local import LocalExecutor
 from agent_operator.planner import api_key_from_env, plan_with_llm
 from agent_operator.redact import redact
 from agent_operator.store import Store
-from agent_runtime.registry import ToolRegistry
 
 POLL_SECONDS = 0.2
 
@@ -114,7 +114,7 @@ class EmbeddedRun:
     def observe_pool(self, task: AgentTask) -> AgentPool:
         return self.pool
 
-    def observe_runs(self, task: AgentTask) -> Sequence[StepRun]:
+    def observe_runs(self, task: AgentTask, ended: Collection[Key]) -> Sequence[StepRun]:
         return self.executor.observe()
 
     def observe_approvals(self, task: AgentTask) -> Mapping[str, ApprovalView]:

@@ -2,7 +2,8 @@
 
 Used by the embedded default (`agent-operator run -f`) and the tests: the same
 StepInvocation a Job would get, handed over through the environment, and the
-same JSON result read back from the termination-message file.
+same JSON result read back from the termination-message file (and, for a large
+result, from the last line of the step's log file, as a Job's is from its pod's log).
 """
 
 from __future__ import annotations
@@ -11,16 +12,17 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from pydantic import ValidationError
 
+from agent_contract import MAX_RESULT_BYTES, STEP_ENV, StepInvocation, StepResult, full_result
 from agent_operator.core.decide import RunState, StepRun
-from agent_runtime.registry import StepInvocation, StepResult
+
+__all__ = ["LocalExecutor", "read_result"]
 
 
 @dataclass
@@ -50,7 +52,6 @@ class LocalExecutor:
 
     workdir: Path
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
-    load_result: Callable[[str], dict[str, Any]] | None = None  # follows a result's store ref
     _processes: dict[tuple[str, int], _Process] = field(default_factory=dict)
 
     def start(self, invocation: StepInvocation, job_name: str) -> None:
@@ -61,7 +62,7 @@ class LocalExecutor:
         result_path = self.workdir / f"{job_name}.result.json"
         result_path.unlink(missing_ok=True)
         log = (self.workdir / f"{job_name}.log").open("wb")
-        env = {**self.env, "AGENT_STEP": invocation.model_dump_json(by_alias=True)}
+        env = {**self.env, STEP_ENV: invocation.model_dump_json(by_alias=True)}
         popen = subprocess.Popen(
             [
                 sys.executable,
@@ -117,8 +118,6 @@ class LocalExecutor:
                 reason=process.stopped,
             )
         result = read_result(process.result_path, code, self.workdir / f"{process.job_name}.log")
-        if result.ref and self.load_result is not None:
-            result = StepResult.model_validate(self.load_result(result.ref))
         ok = code == 0 and result.ok
         return replace(
             base,
@@ -134,7 +133,23 @@ class LocalExecutor:
 def read_result(path: Path, exit_code: int, log_path: Path) -> StepResult:
     """The step's reported result; a missing or garbled report becomes a clear failure."""
     try:
-        return StepResult.model_validate(json.loads(path.read_text()))
+        result = StepResult.model_validate(json.loads(path.read_text()))
     except (OSError, ValueError, ValidationError):
         tail = log_path.read_text(errors="replace")[-500:] if log_path.exists() else ""
         return StepResult(ok=False, message=f"exited {exit_code} without a result: {tail.strip()}")
+    return full_result(result, _last_line(log_path)) if result.in_log else result
+
+
+def _last_line(log_path: Path) -> str | None:
+    """The log's last line, read from its end and bounded like a pod log read."""
+    try:
+        with log_path.open("rb") as log:
+            size = log.seek(0, os.SEEK_END)
+            log.seek(max(0, size - MAX_RESULT_BYTES - 2))
+            tail = log.read()
+    except OSError:
+        return None
+    lines = tail.rstrip(b"\n").rsplit(b"\n", 1)
+    if len(lines) == 1 and size > len(tail):  # no line start within the bound: too long
+        return tail.decode(errors="replace")
+    return lines[-1].decode(errors="replace")

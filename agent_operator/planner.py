@@ -22,15 +22,14 @@ from openai.types.chat import ChatCompletionMessageParam
 from openai.types.chat.completion_create_params import ResponseFormat
 from pydantic import TypeAdapter, ValidationError
 
+from agent_contract import API_KEY_ENV, ToolRegistry, ToolSpec, Usage
 from agent_operator.api import AgentPoolSpec, AgentTaskSpec, PoolModel, Step
 from agent_operator.core.plan import InvalidPlan, PlanningResult, build_plan, granted_tools
-from agent_runtime.registry import Tool, ToolRegistry, Usage
 
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-API_KEY_ENV = "OPENAI_API_KEY"
 
 # US dollars per million (prompt, completion) tokens, as OpenAI published them. A model not
 # listed here (a local server, a newer model) is counted at 0: tokens are always exact, the
@@ -89,7 +88,7 @@ def _without_extensions(schema: Any) -> Any:
     return schema
 
 
-def plan_schema(tools: list[Tool], max_steps: int) -> dict[str, Any]:
+def plan_schema(tools: list[ToolSpec], max_steps: int) -> dict[str, Any]:
     """The JSON schema of an answer, `{"steps": [Step, ...]}`, from the Step model."""
     step = _without_extensions(Step.model_json_schema(by_alias=True))
     step["properties"]["tool"]["enum"] = [tool.name for tool in tools]
@@ -122,7 +121,7 @@ def _system_prompt(schema: dict[str, Any], fmt: _ResponseFormat) -> str:
     )
 
 
-def _request(spec: AgentTaskSpec, tools: list[Tool]) -> str:
+def _request(spec: AgentTaskSpec, tools: list[ToolSpec]) -> str:
     return json.dumps(
         {
             "goal": spec.goal,

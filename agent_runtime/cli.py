@@ -2,9 +2,10 @@
 
 It trusts nothing it is handed (defense in depth: the operator has already checked the same
 rules), runs one tool under a hard deadline and reports a JSON `StepResult` through the pod's
-termination message, which Kubernetes caps at 4 KiB; a larger result goes to the checkpoint
-store and the message carries its reference. Exit codes: 0 success, 1 the tool failed,
-2 the invocation is invalid (retrying cannot help).
+termination message, which Kubernetes caps at 4 KiB, and as stdout's last line. A larger
+result leaves a summary marked `inLog` in the termination message, and the operator reads
+the full one from the pod's log; the step holds no credential for any store. Exit codes:
+0 success, 1 the tool failed, 2 the invocation is invalid (retrying cannot help).
 """
 
 from __future__ import annotations
@@ -21,25 +22,25 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from agent_runtime.executor import run_tool
-from agent_runtime.redaction import redact, referenced_variables, secret_values
-from agent_runtime.registry import (
+from agent_contract import (
+    DEFAULT_TERMINATION_PATH,
+    MAX_RESULT_BYTES,
+    MESSAGE_LIMIT,
+    STEP_ENV,
+    TERMINATION_PATH_ENV,
     StepInvocation,
     StepResult,
-    ToolContext,
-    ToolFailure,
-    ToolRegistry,
     Usage,
 )
+from agent_runtime.executor import run_tool
+from agent_runtime.redaction import redact, referenced_variables, secret_values
+from agent_runtime.registry import Toolbox, ToolContext, ToolFailure
+
+__all__ = ["InvalidInvocation", "check_invocation", "execute", "fit_message", "main"]
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_INVALID = 2
-STEP_ENV = "AGENT_STEP"
-STORE_DSN_ENV = "AGENT_OPERATOR_DSN"
-TERMINATION_PATH_ENV = "TERMINATION_MESSAGE_PATH"
-DEFAULT_TERMINATION_PATH = "/dev/termination-log"
-MESSAGE_LIMIT = 4096  # bytes Kubernetes keeps of a termination message
 MAX_INLINE_VALUE = 256  # bytes of one output value kept in a summarised message
 MAX_SUMMARY_MESSAGE = 1024
 
@@ -81,13 +82,13 @@ def load_invocation(step_file: Path | None, env: Mapping[str, str]) -> StepInvoc
         raise InvalidInvocation(f"invalid step: {problems}") from None
 
 
-def check_invocation(invocation: StepInvocation, registry: ToolRegistry) -> None:
+def check_invocation(invocation: StepInvocation, toolbox: Toolbox) -> None:
     """The operator's rules again, in the pod: tool known and allowed, params, approval."""
-    tool = registry.get(invocation.tool)
+    tool = toolbox.get(invocation.tool)
     if tool is None:
         raise InvalidInvocation(
             f"tool: {invocation.tool!r} is not in this image's registry "
-            f"(available: {', '.join(registry.names())})"
+            f"(available: {', '.join(toolbox.names())})"
         )
     allowed = invocation.allowed_tools
     if allowed is not None and invocation.tool not in allowed:
@@ -95,21 +96,19 @@ def check_invocation(invocation: StepInvocation, registry: ToolRegistry) -> None
             f"tool: {invocation.tool!r} is not in allowedTools "
             f"(allowed: {', '.join(allowed) or 'none'})"
         )
-    errors = tool.param_errors(invocation.params)
+    errors = tool.spec.param_errors(invocation.params)
     if errors:
         raise InvalidInvocation("; ".join(errors))
     if invocation.requires_approval and not invocation.approved_by:
         raise InvalidInvocation("approvedBy: the step requires approval and none was recorded")
 
 
-def execute(
-    invocation: StepInvocation, registry: ToolRegistry, env: Mapping[str, str]
-) -> StepResult:
+def execute(invocation: StepInvocation, toolbox: Toolbox, env: Mapping[str, str]) -> StepResult:
     """Run the step's tool under its timeout and say how it went."""
-    tool = registry.get(invocation.tool)
+    tool = toolbox.get(invocation.tool)
     assert tool is not None  # check_invocation ran first
-    timeout = invocation.timeout_seconds or tool.timeout_seconds
-    ctx = ToolContext(invocation=invocation, registry=registry, env=env)
+    timeout = invocation.timeout_seconds or tool.spec.timeout_seconds
+    ctx = ToolContext(invocation=invocation, toolbox=toolbox, env=env)
     try:
         outcome = run_tool(tool, invocation.params, ctx, timeout)
     except ToolFailure as exc:
@@ -121,63 +120,64 @@ def _encode(document: Any) -> bytes:
     return json.dumps(document, separators=(",", ":"), ensure_ascii=False, default=str).encode()
 
 
-def _summary(document: dict[str, Any], ref: str) -> dict[str, Any]:
+def _summary(document: dict[str, Any]) -> dict[str, Any]:
     """A result that fits the termination message: small outputs kept, the rest marked."""
     outputs = {}
     for key, value in document["outputs"].items():
         size = len(_encode(value))
-        outputs[key] = value if size <= MAX_INLINE_VALUE else f"<truncated: {size} bytes in {ref}>"
+        outputs[key] = (
+            value if size <= MAX_INLINE_VALUE else f"<truncated: {size} bytes in the log>"
+        )
     message = document["message"]
     if len(message) > MAX_SUMMARY_MESSAGE:
         message = message[: MAX_SUMMARY_MESSAGE - 1] + "…"
-    small = {**document, "outputs": outputs, "message": message, "ref": ref}
+    small = {**document, "outputs": outputs, "message": message, "inLog": True}
     if len(_encode(small)) > MESSAGE_LIMIT:
-        small["outputs"] = {}  # many keys: the reference alone must do
+        small["outputs"] = {}  # many keys: the log alone must do
     return small
 
 
-def fit_message(
-    document: dict[str, Any], invocation: StepInvocation, env: Mapping[str, str]
-) -> dict[str, Any]:
-    """`document` itself when small; else stored in full, and a summary pointing at it."""
-    if len(_encode(document)) <= MESSAGE_LIMIT:
-        return document
-    from agent_operator.store import Store, StoreError
+def fit_message(document: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The termination message and stdout's last line for the result `document`.
 
-    try:
-        with Store.open(env.get(STORE_DSN_ENV) or None) as store:
-            ref = store.save_result(
-                invocation.task_uid, invocation.step_id, invocation.attempt, document
-            )
-    except StoreError as exc:
+    A small result is both; a larger one leaves a summary in the message (the operator reads
+    the full one from the log); one over `MAX_RESULT_BYTES` fails the step instead.
+    """
+    size = len(_encode(document))
+    if size <= MESSAGE_LIMIT:
+        return document, document
+    if size > MAX_RESULT_BYTES:
+        largest = sorted(document["outputs"], key=lambda k: -len(_encode(document["outputs"][k])))
         failed = StepResult(
             ok=False,
-            message="the result is too large for the termination message and the checkpoint "
-            f"store could not keep it: {exc}",
+            message=f"the result takes {size} bytes as JSON; a step may report at most "
+            f"{MAX_RESULT_BYTES} (largest outputs: {', '.join(largest[:3]) or 'none'}); "
+            "keep large data where the tool put it and return a reference",
             usage=Usage.model_validate(document["usage"]),
-        )
-        return failed.model_dump(mode="json", by_alias=True)
-    return _summary(document, ref)
+        ).model_dump(mode="json", by_alias=True)
+        return failed, failed
+    return _summary(document), document
 
 
-def report(document: dict[str, Any], termination_log: Path) -> None:
-    """Write the result where the kubelet reads it, and as stdout's last line."""
-    line = _encode(document).decode()
+def report(message: dict[str, Any], full: dict[str, Any], termination_log: Path) -> None:
+    """Write the message where the kubelet reads it, and the full result as stdout's last line.
+
+    Nothing may follow that line: the operator reads a large result as the log's last line.
+    """
     try:
-        termination_log.write_text(line)
+        termination_log.write_text(_encode(message).decode())
     except OSError as exc:
         _log("termination log not written", path=str(termination_log), error=exc.strerror)
-    print(line, flush=True)
+    print(_encode(full).decode(), flush=True)
 
 
 def run_step(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     secrets: list[str] = secret_values(env, ())
-    invocation: StepInvocation | None = None
     try:
         invocation = load_invocation(args.step_file, env)
         secrets = secret_values(env, referenced_variables(invocation))
-        registry = ToolRegistry.default()
-        check_invocation(invocation, registry)
+        toolbox = Toolbox.default()
+        check_invocation(invocation, toolbox)
         _log(
             "step started",
             task=invocation.task,
@@ -185,7 +185,7 @@ def run_step(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             attempt=invocation.attempt,
             tool=invocation.tool,
         )
-        result = execute(invocation, registry, env)
+        result = execute(invocation, toolbox, env)
         code = EXIT_OK if result.ok else EXIT_FAILED
     except InvalidInvocation as exc:
         result = StepResult(ok=False, message=str(exc))
@@ -194,13 +194,11 @@ def run_step(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         _log("internal error", traceback=redact(traceback.format_exc(), secrets))
         result = StepResult(ok=False, message=f"internal error: {exc!r}")
         code = EXIT_FAILED
-    document = redact(result.model_dump(mode="json", by_alias=True), secrets)
-    if invocation is not None:
-        document = redact(fit_message(document, invocation, env), secrets)
-        if not document["ok"] and code == EXIT_OK:  # the store could not keep the result
-            code = EXIT_FAILED
-    report(document, args.termination_log)
-    _log("step finished", ok=document["ok"], exit=code, ref=document.get("ref"))
+    message, full = fit_message(redact(result.model_dump(mode="json", by_alias=True), secrets))
+    if not full["ok"] and code == EXIT_OK:  # too large to report
+        code = EXIT_FAILED
+    _log("step finished", ok=full["ok"], exit=code, inLog=message.get("inLog", False))
+    report(message, full, args.termination_log)
     return code
 
 

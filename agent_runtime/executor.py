@@ -15,6 +15,8 @@ from typing import Any
 
 from agent_runtime.registry import Tool, ToolContext, ToolOutcome, ToolTimeout
 
+__all__ = ["run_tool"]
+
 GRACE_SECONDS = 1.0
 
 
@@ -37,10 +39,10 @@ def run_tool(tool: Tool, params: dict[str, Any], ctx: ToolContext, timeout: floa
         except BaseException as exc:  # handed to the waiting thread, which re-raises it
             failure.append(exc)
 
-    worker = threading.Thread(target=target, name=f"tool-{tool.name}", daemon=True)
+    worker = threading.Thread(target=target, name=f"tool-{tool.spec.name}", daemon=True)
     worker.start()
     worker.join(max(0.0, deadline - time.monotonic()) + GRACE_SECONDS)
-    message = f"{tool.name} timed out after {timeout:g}s"
+    message = f"{tool.spec.name} timed out after {timeout:g}s"
     if worker.is_alive():
         raise ToolTimeout(message)
     if failure:

@@ -13,7 +13,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from agent_runtime.registry import StepInvocation
+from agent_contract import StepInvocation
+
+__all__ = ["MASK", "redact", "referenced_variables", "secret_values", "variables_named_in"]
 
 MASK = "***"
 # Shorter values would mask ordinary words in outputs and protect little.

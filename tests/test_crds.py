@@ -23,9 +23,9 @@ from celpy.adapter import json_to_cel
 from jsonschema import Draft4Validator, FormatChecker
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from agent_contract import Usage
 from agent_operator import crdgen
 from agent_operator.api import API_VERSION, GROUP, ApiModel
-from agent_runtime.registry import Usage
 
 Schema = dict[str, Any]
 
@@ -405,7 +405,7 @@ def test_every_field_is_described_for_kubectl_explain(kind: str) -> None:
     undescribed = [
         f"{path}.{name}"
         for path, node in walk(schema_of(kind))
-        # Usage is agent_runtime.registry's model; its fields are documented there.
+        # Usage is agent_contract's model; its fields are documented there.
         if node.get("properties", {}).keys() != USAGE_FIELDS
         for name, sub in node.get("properties", {}).items()
         if "description" not in sub and not (path == "" and name == "metadata")

@@ -18,6 +18,7 @@ from tests.support.openai_server import ScriptedOpenAI, text
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 CLI = [sys.executable, "-m", "agent_operator.cli"]
+DSN_ENV = "AGENT_OPERATOR_DSN"
 
 
 def agent_operator(
@@ -81,6 +82,23 @@ def test_the_dag_example_runs_to_success_and_checkpoints_in_the_store(tmp_path: 
         kinds = [e.kind.value for e in store.events(uid)]
         assert kinds[0] == "planned" and kinds[-1] == "task_finished"
         assert kinds.count("step_started") == 4
+
+
+def test_a_large_result_comes_back_whole_from_the_steps_log_without_the_dsn(
+    tmp_path: Path,
+) -> None:
+    blob = "0123456789abcdef" * 1024  # 16 KiB: four times what a termination message keeps
+    steps = [
+        {"id": "big", "tool": "noop", "params": {"outputs": {"blob": blob}}},
+        {"id": "env", "tool": "shell", "params": {"command": "env", "inheritEnv": [DSN_ENV]}},
+    ]
+    path = write_task(tmp_path, task_doc("big", {"steps": steps}))
+    result = agent_operator(tmp_path, "-f", path, "--approve-all", env={DSN_ENV: dsn(tmp_path)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    with Store.open(dsn(tmp_path)) as store:
+        outputs = {a.step_id: a.outputs for a in store.attempts(only_task(store))}
+    assert outputs["big"] == {"blob": blob}
+    assert DSN_ENV not in outputs["env"]["stdout"]  # the step process never had it
 
 
 def test_approval_example_runs_the_risky_step_with_approve_all(tmp_path: Path) -> None:

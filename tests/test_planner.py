@@ -14,6 +14,8 @@ from typing import Any
 import openai
 import pytest
 
+from agent_contract import RiskLevel, ToolRegistry
+from agent_contract.builtin import basic
 from agent_operator.api import AgentPoolSpec, AgentTaskSpec, PoolModel
 from agent_operator.core.plan import PlanningResult
 from agent_operator.planner import (
@@ -22,14 +24,12 @@ from agent_operator.planner import (
     cost_usd,
     plan_with_llm,
 )
-from agent_runtime.registry import RiskLevel, ToolRegistry
-from agent_runtime.tools import basic
 from tests.support.openai_server import ScriptedOpenAI, error, slow, text, tool_calls
 
 pytestmark = pytest.mark.llm
 
 KEY = "sk-test-0123456789abcdef"
-REGISTRY = ToolRegistry(basic.TOOLS)
+REGISTRY = ToolRegistry(basic.SPECS)
 SPEC = AgentTaskSpec(goal="greet the user, then wait a second", inputs={"name": "Ada"})
 
 GOOD_PLAN = {

@@ -17,6 +17,7 @@ from enum import StrEnum
 from graphlib import TopologicalSorter
 from typing import Any
 
+from agent_contract import RiskLevel, ToolRegistry, Usage, params_problem
 from agent_operator.api import (
     AgentPoolSpec,
     AgentTask,
@@ -41,7 +42,6 @@ from agent_operator.core.templating import (
     evaluate_condition,
     substitute,
 )
-from agent_runtime.registry import RiskLevel, ToolRegistry, Usage
 
 MAX_BACKOFF = timedelta(minutes=10)
 # The approver of an Approved request that names none: no admission policy recorded who set
@@ -597,6 +597,10 @@ def _prepare(
         params = substitute(step.params, outputs, spec.inputs)
     except MissingReference as error:
         return _StepView(StepPhase.failed, reason="MissingOutput", message=f"params: {error}"), None
+    if too_large := params_problem(params):  # a Job with it could never start
+        return _StepView(
+            StepPhase.failed, reason="ParamsTooLarge", message=f"params: {too_large}"
+        ), None
     if step.risk.requires_approval:
         gate = _approval_gate(observed, step, params, actions, wake)
         if gate is not None:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
+from agent_contract import API_KEY_ENV, ModelSettings, StepInvocation
 from agent_operator.api import AgentPoolSpec, AgentTask
 from agent_operator.core.decide import StartStep
-from agent_runtime.registry import ModelSettings, StepInvocation
-
-API_KEY_ENV = "OPENAI_API_KEY"
 
 
 def step_invocation(task: AgentTask, pool: AgentPoolSpec, start: StartStep) -> StepInvocation:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from graphlib import CycleError, TopologicalSorter
 
+from agent_contract import ToolRegistry, ToolSpec, Usage, params_problem
 from agent_operator.api import AgentPoolSpec, AgentTaskSpec, PlannedStep, Step
 from agent_operator.core.safety import assess
 from agent_operator.core.templating import (
@@ -15,7 +16,6 @@ from agent_operator.core.templating import (
     referenced_steps,
     steps_in_condition,
 )
-from agent_runtime.registry import Tool, ToolRegistry, Usage
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def _ancestors(dependencies: dict[str, list[str]]) -> dict[str, set[str]]:
     return ancestors
 
 
-def _grant_problems(tool: Tool, pool: AgentPoolSpec) -> list[str]:
+def _grant_problems(tool: ToolSpec, pool: AgentPoolSpec) -> list[str]:
     """Why the pool does not let its agents use `tool` (empty: it does)."""
     problems = []
     if pool.tools is not None and tool.name not in pool.tools:
@@ -71,7 +71,7 @@ def _grant_problems(tool: Tool, pool: AgentPoolSpec) -> list[str]:
     return problems
 
 
-def granted_tools(pool: AgentPoolSpec, registry: ToolRegistry) -> list[Tool]:
+def granted_tools(pool: AgentPoolSpec, registry: ToolRegistry) -> list[ToolSpec]:
     """The tools agents of the pool may use: what a planner may offer."""
     return [tool for tool in registry if not _grant_problems(tool, pool)]
 
@@ -85,7 +85,12 @@ def _tool_problems(
             f"{where}.tool: unknown tool {step.tool!r}; known tools: {', '.join(registry.names())}"
         ]
     grants = [f"{where}.tool: {problem}" for problem in _grant_problems(tool, pool)]
-    return grants + [f"{where}.{error}" for error in tool.param_errors(step.params, is_placeholder)]
+    size = params_problem(step.params)
+    return (
+        grants
+        + [f"{where}.{error}" for error in tool.param_errors(step.params, is_placeholder)]
+        + ([f"{where}.params: {size}"] if size else [])
+    )
 
 
 def build_plan(

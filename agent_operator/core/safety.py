@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from agent_contract import RiskLevel, ToolSpec
 from agent_operator.api import RiskAssessment, Safety, SafetyLevel, Step, TimeWindow
 from agent_operator.core.templating import _strings
-from agent_runtime.registry import RiskLevel, Tool
 
 APPROVAL_FROM = {
     SafetyLevel.strict: RiskLevel.medium,
@@ -40,7 +40,7 @@ def _protected_hits(params: dict[str, Any], safety: Safety) -> list[str]:
     return hits
 
 
-def _required_by_list(tool: Tool, level: RiskLevel, safety: Safety) -> str | None:
+def _required_by_list(tool: ToolSpec, level: RiskLevel, safety: Safety) -> str | None:
     for entry in safety.require_approval_for:
         if entry == tool.name:
             return f"spec.safety.requireApprovalFor names tool {tool.name!r}"
@@ -50,7 +50,7 @@ def _required_by_list(tool: Tool, level: RiskLevel, safety: Safety) -> str | Non
 
 
 def assess(
-    step: Step, level: RiskLevel, tool: Tool, safety: Safety, timeout_seconds: int
+    step: Step, level: RiskLevel, tool: ToolSpec, safety: Safety, timeout_seconds: int
 ) -> RiskAssessment:
     """The verdict stored in the plan: `level` is the tool's risk for these params."""
     risks = [CAPABILITY_RISKS.get(c, f"uses capability {c!r}") for c in sorted(tool.capabilities)]

@@ -15,8 +15,10 @@ import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from agent_contract import MAX_RESULT_BYTES
 from agent_operator.api import GROUP, VERSION
 from agent_operator.driver import Permanent, Transient
+from agent_operator.kube.manifests import CONTAINER
 
 __all__ = ["REQUEST_REFUSED", "Cluster", "Obj"]
 
@@ -92,6 +94,32 @@ class Cluster:
             return None
         data = (secret.data or {}).get(key)
         return base64.b64decode(data).decode() if data is not None else None
+
+    def step_log_tail(self, namespace: str, pod: str) -> str | None:
+        """The last line of a step pod's log, where the runtime writes its full result.
+
+        Bounded: one byte over the largest result (and its newline) is enough to tell that
+        the line is too long. None when the pod or its log is gone.
+        """
+        try:
+            # Raw bytes: the client would parse a log line that is JSON into a Python repr.
+            response: Any = _call(
+                f"read the log of pod {namespace}/{pod}",
+                lambda: self.core.read_namespaced_pod_log(
+                    pod,
+                    namespace,
+                    container=CONTAINER,
+                    tail_lines=1,
+                    limit_bytes=MAX_RESULT_BYTES + 2,
+                    _preload_content=False,
+                ),
+            )
+        except Permanent as error:
+            cause = error.__cause__
+            if isinstance(cause, ApiException) and cause.status in (400, 404):
+                return None  # the pod, or its container's log, is gone
+            raise
+        return str(response.data.decode(errors="replace"))
 
     def jobs_of_task(self, namespace: str, task_uid: str) -> list[Obj]:
         """Jobs of a task, read from the API (the loop uses the cache)."""

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from datetime import UTC
 from typing import Any
 
+from agent_contract import API_KEY_ENV, DEFAULT_TERMINATION_PATH, STEP_ENV
+from agent_contract.builtin.llm import REACT_AGENT
 from agent_operator.api import (
     API_VERSION,
     AgentPool,
@@ -22,11 +24,9 @@ from agent_operator.api import (
     TaskRef,
 )
 from agent_operator.core.decide import RequestApproval, StartStep
-from agent_operator.core.invocation import API_KEY_ENV, step_invocation
+from agent_operator.core.invocation import step_invocation
 from agent_operator.core.naming import MAX_JOB_NAME, job_name
 from agent_operator.redact import redact
-from agent_runtime.cli import DEFAULT_TERMINATION_PATH, STEP_ENV, STORE_DSN_ENV
-from agent_runtime.tools.llm import REACT_AGENT
 
 MANAGED_BY = ("app.kubernetes.io/managed-by", "agent-operator")
 LABEL_TASK = "agentoperator.io/task"
@@ -95,18 +95,13 @@ def approval_name(task_name: str, task_uid: str, step_id: str) -> str:
     return f"{task_name}-{step_id}"[: MAX_JOB_NAME - len(suffix)].rstrip("-.") + suffix
 
 
-def step_job(
-    task: AgentTask,
-    pool: AgentPool,
-    start: StartStep,
-    dsn_secret: tuple[str, str] | None = None,
-) -> dict[str, Any]:
+def step_job(task: AgentTask, pool: AgentPool, start: StartStep) -> dict[str, Any]:
     """The batch/v1 Job that runs one attempt of one step.
 
-    `dsn_secret` (Secret name, key) hands the checkpoint store's DSN to the runtime, which
-    keeps results too large for the termination message there. Raises ValueError, naming
-    the field, when the pool's template would make a pod outside the "restricted" Pod
-    Security Standard or would override what the operator sets.
+    The pod holds no credential of the operator's: a result too large for the termination
+    message comes back through the pod's log. Raises ValueError, naming the field, when the
+    pool's template would make a pod outside the "restricted" Pod Security Standard or
+    would override what the operator sets.
     """
     template = pool.spec.template.wire()  # camelCase copies: the job never aliases the pool
     labels = {
@@ -118,7 +113,7 @@ def step_job(
         "name": CONTAINER,
         "image": template["image"],
         "args": ["run-step"],
-        "env": _env(task, pool, start, dsn_secret, template.get("env", [])),
+        "env": _env(task, pool, start, template.get("env", [])),
         "securityContext": _merge(
             {
                 "allowPrivilegeEscalation": False,
@@ -289,7 +284,6 @@ def _env(
     task: AgentTask,
     pool: AgentPool,
     start: StartStep,
-    dsn_secret: tuple[str, str] | None,
     extra: list[dict[str, Any]],
 ) -> list[dict[str, Any]]:
     """The step (no secret in it), secrets by reference only, then the pool's own env."""
@@ -301,8 +295,6 @@ def _env(
     if model is not None and model.api_key_secret_ref is not None:
         ref = model.api_key_secret_ref
         env.append(_secret_env(API_KEY_ENV, ref.name, ref.key))
-    if dsn_secret is not None:
-        env.append(_secret_env(STORE_DSN_ENV, *dsn_secret))
     ours = {e["name"] for e in env}
     clash = sorted(ours & {e.get("name") for e in extra})
     if clash:

@@ -3,7 +3,8 @@ an ApprovalView.
 
 Pure: the shell hands in objects as the API server returns them (camelCase dicts, RFC 3339
 times). The step's result is read the way the local executor reads it: the runtime's JSON
-StepResult, from the termination message here, from the store when it is too large.
+StepResult, from the termination message, or from the last line of the step's log when
+the message is a summary of a larger result.
 """
 
 from __future__ import annotations
@@ -15,15 +16,17 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from agent_contract import StepResult, full_result
 from agent_operator.api import ApprovalPhase
 from agent_operator.core.decide import ApprovalView, RunState, StepRun
 from agent_operator.kube.manifests import CONTAINER, LABEL_ATTEMPT, LABEL_STEP
 from agent_operator.redact import redact_text
-from agent_operator.store import ResultNotFound
-from agent_runtime.registry import StepResult
+
+__all__ = ["LoadResult", "approval_view", "run_from_job"]
 
 Obj = Mapping[str, Any]
-LoadResult = Callable[[str], dict[str, Any]]
+# The last line of a step pod's log: (namespace, pod name) -> the line, None when gone.
+LoadResult = Callable[[str, str], str | None]
 
 TAIL_CHARS = 500  # of a garbled termination message (pod logs), kept as the step's message
 _JOB_SUCCEEDED = ("Complete", "SuccessCriteriaMet")
@@ -44,7 +47,7 @@ def run_from_job(job: Obj, pod: Obj | None, load_result: LoadResult | None) -> S
     """The attempt a step Job runs, as decide() sees it.
 
     The Job's conditions decide first; a pod that has ended decides while the Job
-    controller has yet to catch up. `load_result` follows a result's store reference.
+    controller has yet to catch up. `load_result` reads a large result from the pod's log.
     """
     meta = job["metadata"]
     labels = meta.get("labels") or {}
@@ -63,7 +66,7 @@ def run_from_job(job: Obj, pod: Obj | None, load_result: LoadResult | None) -> S
     if ending.ok and terminated is None:  # the pod's status lags the Job's in our view
         return replace(run, message="the Job completed; waiting for its pod's result")
     code = terminated.get("exitCode") if terminated else None
-    result = _result(terminated.get("message") if terminated else None, code, load_result)
+    result = _result(terminated.get("message") if terminated else None, code, pod, load_result)
     if ending.ok:
         result = result or StepResult(ok=False, message=f"exited {code} without a result")
         if result.ok:
@@ -177,7 +180,7 @@ def _pod_failure(pod: Obj | None, terminated: Obj | None) -> tuple[str, str] | N
 
 
 def _result(
-    text: str | None, code: int | None, load_result: LoadResult | None
+    text: str | None, code: int | None, pod: Obj | None, load_result: LoadResult | None
 ) -> StepResult | None:
     """The runtime's report; anything else (log lines, cut JSON) becomes a clear failure."""
     if not text:
@@ -189,16 +192,10 @@ def _result(
         # cannot separate a secret from the key name that marks it.
         tail = redact_text(text)[-TAIL_CHARS:].strip()
         return StepResult(ok=False, message=f"exited {code} without a result: {tail}")
-    if result.ref is None or load_result is None:
+    if not result.in_log or pod is None or load_result is None:
         return result
-    try:
-        return StepResult.model_validate(load_result(result.ref))
-    except (ValueError, ResultNotFound) as error:  # ValidationError is a ValueError
-        return StepResult(
-            ok=False,
-            usage=result.usage,
-            message=f"the step's full result {result.ref} cannot be read: {error}",
-        )
+    meta = pod["metadata"]
+    return full_result(result, load_result(meta["namespace"], meta["name"]))
 
 
 def _waiting_message(pod: Obj | None, container: Obj) -> str:

@@ -15,7 +15,7 @@ import contextlib
 import contextvars
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,6 +23,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from agent_contract import ToolRegistry
 from agent_operator.api import (
     AgentPool,
     AgentTask,
@@ -68,11 +69,11 @@ from agent_operator.kube.observe import approval_view, run_from_job
 from agent_operator.kube.settings import OperatorSettings
 from agent_operator.planner import plan_with_llm
 from agent_operator.store import Store, StoreUnavailable
-from agent_runtime.registry import ToolRegistry
 
 __all__ = ["EventPoster", "KubeShell", "ObjectLoggerFactory", "OperatorContext", "TaskLoop"]
 
 Obj = dict[str, Any]
+Key = tuple[str, int]  # step id, attempt
 EventPoster = Callable[[Any, Event], None]  # a Kopf body or a plain dict
 ObjectLoggerFactory = Callable[[Any], logging.LoggerAdapter[Any]]
 
@@ -345,10 +346,11 @@ class KubeShell:
             )
         return AgentPool.model_validate(_plain(body))
 
-    def observe_runs(self, task: AgentTask) -> Sequence[StepRun]:
+    def observe_runs(self, task: AgentTask, ended: Collection[Key]) -> Sequence[StepRun]:
         """Runs of the task's Jobs as the caches show them. A Job deleted a short while ago
         still tells how its attempt ended; one deleted before it ended shows nothing, so
-        the core counts that attempt as lost."""
+        the core counts that attempt as lost. A large result is read from the pod's log
+        only while its attempt's end is not recorded (the store keeps it after that)."""
         if not (self.ctx.jobs.ready and self.ctx.pods.ready):
             raise Transient("the Job and Pod caches have not listed everything yet")
         jobs, pods = self.ctx.jobs, self.ctx.pods
@@ -360,13 +362,11 @@ class KubeShell:
         for job, gone in [(j, True) for j in jobs.gone_for_key(self.uid)] + [
             (j, False) for j in jobs.for_key(self.uid)
         ]:
-            run = run_from_job(job, by_job.get(job["metadata"]["name"]), self._load_result)
+            read_log = None if _attempt_of(job) in ended else self.ctx.cluster.step_log_tail
+            run = run_from_job(job, by_job.get(job["metadata"]["name"]), read_log)
             if not (gone and run.finished_at is None):
                 runs.append(run)
         return runs
-
-    def _load_result(self, ref: str) -> dict[str, Any]:
-        return self.ctx.store().load_result(ref)
 
     def observe_approvals(self, task: AgentTask) -> Mapping[str, ApprovalView]:
         views = {}
@@ -433,7 +433,7 @@ class KubeShell:
         self, task: AgentTask, pool: AgentPool, start: StartStep, decision: Decision
     ) -> None:
         try:
-            job = step_job(task, pool, start, dsn_secret=self.ctx.settings.dsn_secret)
+            job = step_job(task, pool, start)
         except ValueError as error:  # the pool's template cannot make a safe pod
             raise Permanent("InvalidPoolTemplate", str(error)) from error
         created = self.ctx.cluster.create_job(job)

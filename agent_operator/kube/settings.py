@@ -21,9 +21,6 @@ class OperatorSettings(BaseModel):
         default_factory=list, description="Namespaces to watch; empty: the whole cluster."
     )
     dsn: str | None = Field(default=None, description="Checkpoint store; None: SQLite.")
-    dsn_secret: tuple[str, str] | None = Field(
-        default=None, description="Secret name and key that hold the DSN, for step pods."
-    )
     metrics_port: int = Field(default=8080, description="Prometheus metrics; 0: off.")
     health_port: int = Field(default=8081, description="Liveness endpoint /healthz; 0: off.")
     log_format: LogFormat = LogFormat.plain
@@ -45,11 +42,9 @@ class OperatorSettings(BaseModel):
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
         env = os.environ if env is None else env
-        secret = env.get("AGENT_OPERATOR_DSN_SECRET", "")
         return cls(
             namespaces=[n for n in env.get("AGENT_OPERATOR_NAMESPACES", "").split(",") if n],
             dsn=env.get("AGENT_OPERATOR_DSN") or None,
-            dsn_secret=tuple(secret.split("/", 1)) if "/" in secret else None,
             metrics_port=int(env.get("AGENT_OPERATOR_METRICS_PORT", "8080")),
             health_port=int(env.get("AGENT_OPERATOR_HEALTH_PORT", "8081")),
             log_format=LogFormat(env.get("AGENT_OPERATOR_LOG_FORMAT", "plain")),

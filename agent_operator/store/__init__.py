@@ -1,8 +1,8 @@
 """The checkpoint store: the full history of every AgentTask, in Postgres or SQLite.
 
 The AgentTask status stays small; this store keeps what it leaves out: every
-step attempt, every checkpoint, the audit trail of events and step results
-too large for a pod's termination message. Every write is an idempotent
+step attempt with its full outputs, every checkpoint, and the audit trail of
+events. Every write is an idempotent
 upsert (or a deduplicated append), so a restarted operator can write the
 same record again without harm. Every JSON document and message is redacted
 before it is written.
@@ -51,6 +51,7 @@ from sqlalchemy.exc import (
 from sqlalchemy.sql.base import Executable, ReadOnlyColumnCollection
 from sqlalchemy.sql.elements import KeyedColumnElement
 
+from agent_contract import Usage
 from agent_operator.api import TaskPhase
 from agent_operator.core.decide import RunState, StepRun
 from agent_operator.redact import redact, redact_text
@@ -60,20 +61,17 @@ from agent_operator.store.records import (
     CheckpointRecord,
     EventKind,
     EventRecord,
-    ResultNotFound,
     StoreError,
     StoreUnavailable,
     TaskRecord,
 )
-from agent_operator.store.tables import Base, Checkpoint, Event, StepAttempt, StepResult, Task
-from agent_runtime.registry import Usage
+from agent_operator.store.tables import Base, Checkpoint, Event, StepAttempt, Task
 
 __all__ = [
     "AttemptRecord",
     "CheckpointRecord",
     "EventKind",
     "EventRecord",
-    "ResultNotFound",
     "Store",
     "StoreError",
     "StoreUnavailable",
@@ -88,7 +86,6 @@ log = logging.getLogger(__name__)
 ENDED = [phase.value for phase in TaskPhase if phase.terminal]  # a task in these stays there
 
 DEFAULT_CONNECT_TIMEOUT = 5
-RESULT_REF_PREFIX = "store:results/"
 
 # libpq settings that turn a dead peer into an error instead of a hang: TCP
 # keepalives notice a silent server, tcp_user_timeout a write nobody acknowledges.
@@ -395,32 +392,7 @@ class Store:
         with self._transaction() as connection:
             return _wrote(connection, statement)
 
-    def save_result(self, task_uid: str, step_id: str, attempt: int, result: dict[str, Any]) -> str:
-        """Keep a large step result; returns the reference to put in the termination message."""
-        key = f"{task_uid}/{step_id}/{attempt}"
-        row = {
-            "key": key,
-            "task_uid": task_uid,
-            "data": redact(result),
-            "created_at": datetime.now(UTC),
-        }
-        with self._transaction() as connection:
-            self._upsert(connection, StepResult, row, keep=["created_at"])
-        return RESULT_REF_PREFIX + key
-
     # --- reads --------------------------------------------------------------
-
-    def load_result(self, ref: str) -> dict[str, Any]:
-        """The step result a `save_result` reference points to."""
-        if not ref.startswith(RESULT_REF_PREFIX):
-            raise ValueError(f"not a store result reference: {ref!r}")
-        table = StepResult.__table__
-        query = select(table.c.data).where(table.c.key == ref.removeprefix(RESULT_REF_PREFIX))
-        with self._transaction() as connection:
-            data: dict[str, Any] | None = connection.execute(query).scalar_one_or_none()
-        if data is None:
-            raise ResultNotFound(f"no step result stored under {ref!r}")
-        return data
 
     def task(self, task_uid: str) -> TaskRecord | None:
         table = Task.__table__

@@ -19,10 +19,6 @@ class StoreUnavailable(StoreError):
     """The database cannot be reached now; keep the task's place and try again later."""
 
 
-class ResultNotFound(StoreError):
-    """No step result is stored under the given reference."""
-
-
 @dataclass(frozen=True, slots=True)
 class TaskRecord:
     uid: str

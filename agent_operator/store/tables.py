@@ -144,14 +144,3 @@ class Event(Base):
     message: Mapped[str | None] = mapped_column(Text)
     data: Mapped[dict[str, Any] | None] = mapped_column(json_document())
     dedupe_key: Mapped[str | None] = mapped_column(String(255))
-
-
-class StepResult(Base):
-    """A step result too large for a pod termination message (4 KiB)."""
-
-    __tablename__ = "results"
-
-    key: Mapped[str] = mapped_column(String(255), primary_key=True)
-    task_uid: Mapped[str] = mapped_column(UID, task_uid_fk(), index=True)
-    data: Mapped[dict[str, Any]] = mapped_column(json_document())
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime)

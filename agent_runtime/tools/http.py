@@ -16,19 +16,12 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from agent_runtime.registry import (
-    RiskLevel,
-    Tool,
-    ToolContext,
-    ToolFailure,
-    ToolOutcome,
-    ToolRegistry,
-    ToolTimeout,
-)
-from agent_runtime.tools.schema import ENV_NAME, TIMEOUT, obj
+from agent_contract.builtin import http as specs
+from agent_runtime.registry import Tool, ToolContext, ToolFailure, ToolOutcome, ToolTimeout
+
+__all__ = ["ALLOWED_HOSTS_ENV", "HTTP_REQUEST", "TOOLS", "allowed_hosts", "host_allowed"]
 
 ALLOWED_HOSTS_ENV = "AGENT_HTTP_ALLOWED_HOSTS"
-READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Headers worth reporting; cookies and auth challenges stay out of results.
 REPORTED_HEADERS = (
     "content-type",
@@ -150,50 +143,6 @@ def _outcome(
     return ToolOutcome(outputs=outputs)
 
 
-def _risk(params: dict[str, Any], registry: ToolRegistry) -> RiskLevel:
-    """Reads are low risk; anything that can change the remote side is medium."""
-    return RiskLevel.low if params.get("method", "GET") in READ_METHODS else RiskLevel.medium
-
-
-HTTP_REQUEST = Tool(
-    name="http_request",
-    description=(
-        "Make one HTTP request to an allowed host and return status, selected headers and the "
-        "body (parsed as `json` when it is JSON). HTTP errors (>= 400) fail unless "
-        "failOnStatus is false."
-    ),
-    params_schema=obj(
-        {
-            "url": {"type": "string", "pattern": "^https?://", "description": "http(s) URL"},
-            "method": {
-                "enum": ["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"],
-                "default": "GET",
-            },
-            "headers": {"type": "object", "additionalProperties": {"type": "string"}},
-            "headersFromEnv": {
-                "type": "object",
-                "additionalProperties": ENV_NAME,
-                "description": "header name -> environment variable holding its value",
-            },
-            "body": {"type": "string", "description": "raw request body"},
-            "json": {"description": "request body sent as JSON"},
-            "allowedHosts": {
-                "type": "array",
-                "items": {"type": "string", "minLength": 1},
-                "description": "host, host:port or *.domain; narrows the pool's allowlist",
-            },
-            "timeoutSeconds": TIMEOUT,
-            "maxBodyBytes": {"type": "integer", "minimum": 1, "maximum": 10 * 1024 * 1024},
-            "failOnStatus": {"type": "boolean", "default": True},
-        },
-        required=["url"],
-        extra={"not": {"required": ["body", "json"]}},
-    ),
-    risk=RiskLevel.medium,
-    risk_for=_risk,
-    run=_request,
-    capabilities=frozenset({"network"}),
-    timeout_seconds=60,
-)
+HTTP_REQUEST = Tool(specs.HTTP_REQUEST, _request)
 
 TOOLS = [HTTP_REQUEST]

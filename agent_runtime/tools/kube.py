@@ -12,13 +12,13 @@ import json
 import os
 from typing import Any
 
-from agent_runtime.registry import RiskLevel, Tool, ToolContext, ToolFailure, ToolOutcome
-from agent_runtime.tools.schema import TIMEOUT, obj
+from agent_contract.builtin import kube as specs
+from agent_runtime.registry import Tool, ToolContext, ToolFailure, ToolOutcome
+
+__all__ = ["KUBERNETES_APPLY", "KUBERNETES_DELETE", "KUBERNETES_GET", "KUBERNETES_LIST", "TOOLS"]
 
 DEFAULT_TIMEOUT = 30.0
 FIELD_MANAGER = "agent-runtime"
-DNS_LABEL = {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "maxLength": 63}
-NAME = {"type": "string", "minLength": 1, "maxLength": 253}
 
 
 def _kubernetes() -> Any:
@@ -166,93 +166,9 @@ def _delete(params: dict[str, Any], ctx: ToolContext) -> ToolOutcome:
     return ToolOutcome(outputs={"deleted": deleted is not None, "name": params["name"]})
 
 
-_TARGET = {
-    "apiVersion": {"type": "string", "minLength": 1, "description": "e.g. v1, apps/v1"},
-    "kind": {"type": "string", "minLength": 1, "description": "e.g. ConfigMap"},
-    "namespace": {**DNS_LABEL, "description": "omit for cluster-scoped kinds"},
-    "timeoutSeconds": TIMEOUT,
-}
-_DRY_RUN = {"type": "boolean", "description": "let the server validate without persisting"}
-
-KUBERNETES_GET = Tool(
-    name="kubernetes_get",
-    description="Read one Kubernetes object by apiVersion, kind, name and namespace.",
-    params_schema=obj({**_TARGET, "name": NAME}, required=["apiVersion", "kind", "name"]),
-    risk=RiskLevel.low,
-    run=_get,
-    capabilities=frozenset({"kubernetes:read"}),
-    timeout_seconds=60,
-)
-
-KUBERNETES_LIST = Tool(
-    name="kubernetes_list",
-    description="List Kubernetes objects of a kind, optionally by label or field selector.",
-    params_schema=obj(
-        {
-            **_TARGET,
-            "labelSelector": {"type": "string"},
-            "fieldSelector": {"type": "string"},
-            "limit": {"type": "integer", "minimum": 1, "maximum": 500, "default": 100},
-        },
-        required=["apiVersion", "kind"],
-    ),
-    risk=RiskLevel.low,
-    run=_list,
-    capabilities=frozenset({"kubernetes:read"}),
-    timeout_seconds=60,
-)
-
-KUBERNETES_APPLY = Tool(
-    name="kubernetes_apply",
-    description=(
-        "Create or update one object by server-side apply. The manifest's namespace, if set, "
-        "must equal params.namespace."
-    ),
-    params_schema=obj(
-        {
-            "manifest": {
-                "type": "object",
-                "required": ["apiVersion", "kind", "metadata"],
-                "properties": {
-                    "apiVersion": {"type": "string", "minLength": 1},
-                    "kind": {"type": "string", "minLength": 1},
-                    "metadata": {
-                        "type": "object",
-                        "required": ["name"],
-                        "properties": {"name": NAME, "namespace": DNS_LABEL},
-                    },
-                },
-            },
-            "namespace": _TARGET["namespace"],
-            "fieldManager": {"type": "string", "minLength": 1, "maxLength": 128},
-            "force": {"type": "boolean", "description": "take over fields other managers own"},
-            "dryRun": _DRY_RUN,
-            "timeoutSeconds": TIMEOUT,
-        },
-        required=["manifest"],
-    ),
-    risk=RiskLevel.high,
-    run=_apply,
-    capabilities=frozenset({"kubernetes:write"}),
-    timeout_seconds=60,
-)
-
-KUBERNETES_DELETE = Tool(
-    name="kubernetes_delete",
-    description="Delete one Kubernetes object; deleting one that is already gone succeeds.",
-    params_schema=obj(
-        {
-            **_TARGET,
-            "name": NAME,
-            "propagationPolicy": {"enum": ["Foreground", "Background", "Orphan"]},
-            "dryRun": _DRY_RUN,
-        },
-        required=["apiVersion", "kind", "name"],
-    ),
-    risk=RiskLevel.high,
-    run=_delete,
-    capabilities=frozenset({"kubernetes:write"}),
-    timeout_seconds=60,
-)
+KUBERNETES_GET = Tool(specs.KUBERNETES_GET, _get)
+KUBERNETES_LIST = Tool(specs.KUBERNETES_LIST, _list)
+KUBERNETES_APPLY = Tool(specs.KUBERNETES_APPLY, _apply)
+KUBERNETES_DELETE = Tool(specs.KUBERNETES_DELETE, _delete)
 
 TOOLS = [KUBERNETES_GET, KUBERNETES_LIST, KUBERNETES_APPLY, KUBERNETES_DELETE]

@@ -10,26 +10,19 @@ import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from agent_contract import ModelSettings, Usage
+from agent_contract.builtin import llm as specs
+from agent_contract.builtin.llm import REACT_AGENT
 from agent_runtime.executor import run_tool
 from agent_runtime.redaction import redact, referenced_variables, secret_values, variables_named_in
-from agent_runtime.registry import (
-    ModelSettings,
-    RiskLevel,
-    Tool,
-    ToolContext,
-    ToolFailure,
-    ToolOutcome,
-    ToolRegistry,
-    ToolTimeout,
-    Usage,
-)
-from agent_runtime.tools.schema import obj
+from agent_runtime.registry import Tool, ToolContext, ToolFailure, ToolOutcome, ToolTimeout
+
+__all__ = ["LLM_COMPLETE", "REACT_AGENT_TOOL", "TOOLS"]
 
 if TYPE_CHECKING:  # openai is imported when an LLM tool runs: it slows every start
     from openai import OpenAI
     from openai.types.chat import ChatCompletion, ChatCompletionMessageToolCallUnion
 
-REACT_AGENT = "react_agent"
 DEFAULT_SYSTEM = (
     "You are an agent working towards the user's goal. Call the tools you are given when they "
     "help; each tool's answer comes back to you as JSON, or as an error to correct. When you "
@@ -138,7 +131,7 @@ class _Agent:
             for name in params["tools"]
             if name != REACT_AGENT
             and (allowed is None or name in allowed)
-            and (tool := ctx.registry.get(name)) is not None
+            and (tool := ctx.toolbox.get(name)) is not None
         }
         if not self.tools:
             raise ToolFailure(
@@ -162,9 +155,9 @@ class _Agent:
             {
                 "type": "function",
                 "function": {
-                    "name": tool.name,
-                    "description": tool.description,
-                    "parameters": tool.params_schema,
+                    "name": tool.spec.name,
+                    "description": tool.spec.description,
+                    "parameters": tool.spec.params_schema,
                 },
             }
             for tool in self.tools.values()
@@ -228,12 +221,12 @@ class _Agent:
             arguments = json.loads(raw or "{}")
         except ValueError as exc:
             return self._record(name, raw, error=f"arguments are not valid JSON: {exc}")
-        errors = tool.param_errors(arguments)
+        errors = tool.spec.param_errors(arguments)
         if errors:
             return self._record(name, raw, error="invalid arguments: " + "; ".join(errors))
         named = variables_named_in(arguments)
         try:
-            outcome = run_tool(tool, arguments, self.ctx, tool.timeout_seconds)
+            outcome = run_tool(tool, arguments, self.ctx, tool.spec.timeout_seconds)
         except ToolFailure as exc:
             self.usage += exc.usage
             return self._record(name, raw, error=exc.message, named=named)
@@ -270,82 +263,7 @@ def _react_agent(params: dict[str, Any], ctx: ToolContext) -> ToolOutcome:
     return _Agent(params, ctx).run()
 
 
-def _react_risk(params: dict[str, Any], registry: ToolRegistry) -> RiskLevel:
-    """As risky as the riskiest tool it may call (and at least low: it talks to a model)."""
-    risks = [RiskLevel.low]
-    for name in params.get("tools", []):
-        tool = registry.get(name)
-        if tool is not None and name != REACT_AGENT:
-            risks.append(tool.risk)
-    return max(risks, key=lambda level: level.rank)
-
-
-_TUNING = {
-    "temperature": {"type": "number", "minimum": 0, "maximum": 2},
-    "maxTokens": {"type": "integer", "minimum": 1, "description": "per completion"},
-}
-
-LLM_COMPLETE = Tool(
-    name="llm_complete",
-    description=(
-        "Ask the pool's model for one chat completion, from a prompt or a list of messages; "
-        "returns text (and json, parsed, when json is true)."
-    ),
-    params_schema=obj(
-        {
-            "prompt": {"type": "string", "minLength": 1},
-            "messages": {
-                "type": "array",
-                "minItems": 1,
-                "items": obj(
-                    {
-                        "role": {"enum": ["system", "user", "assistant"]},
-                        "content": {"type": "string"},
-                    },
-                    required=["role", "content"],
-                ),
-            },
-            "system": {"type": "string"},
-            "json": {"type": "boolean", "description": "ask for and parse a JSON object"},
-            **_TUNING,
-        },
-        extra={"oneOf": [{"required": ["prompt"]}, {"required": ["messages"]}]},
-    ),
-    risk=RiskLevel.low,
-    run=_llm_complete,
-    capabilities=frozenset({"llm"}),
-    timeout_seconds=120,
-)
-
-REACT_AGENT_TOOL = Tool(
-    name=REACT_AGENT,
-    description=(
-        "A sub-agent that works towards `goal` by calling the listed tools (those the step "
-        "allows) through function calling, for at most maxIterations model turns; returns "
-        "the answer and a trace of its tool calls."
-    ),
-    params_schema=obj(
-        {
-            "goal": {"type": "string", "minLength": 1},
-            "tools": {
-                "type": "array",
-                "items": {"type": "string", "minLength": 1},
-                "minItems": 1,
-                "uniqueItems": True,
-            },
-            "maxIterations": {"type": "integer", "minimum": 1, "maximum": 20, "default": 5},
-            "system": {"type": "string", "description": "replaces the default instructions"},
-            "context": {"description": "JSON handed to the model with the goal"},
-            **_TUNING,
-        },
-        required=["goal", "tools"],
-    ),
-    # The worst case of the built-ins; `effective_risk` looks at the tools a call lists.
-    risk=RiskLevel.high,
-    risk_for=_react_risk,
-    run=_react_agent,
-    capabilities=frozenset({"llm"}),
-    timeout_seconds=600,
-)
+LLM_COMPLETE = Tool(specs.LLM_COMPLETE, _llm_complete)
+REACT_AGENT_TOOL = Tool(specs.REACT_AGENT_TOOL, _react_agent)
 
 TOOLS = [LLM_COMPLETE, REACT_AGENT_TOOL]

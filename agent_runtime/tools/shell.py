@@ -15,19 +15,14 @@ import subprocess
 import tempfile
 from typing import IO, Any
 
-from agent_runtime.registry import (
-    RiskLevel,
-    Tool,
-    ToolContext,
-    ToolFailure,
-    ToolOutcome,
-    ToolTimeout,
-)
-from agent_runtime.tools.schema import ENV_NAME, TIMEOUT, obj
+from agent_contract.builtin import shell as specs
+from agent_contract.builtin.shell import DEFAULT_TIMEOUT
+from agent_runtime.registry import Tool, ToolContext, ToolFailure, ToolOutcome, ToolTimeout
+
+__all__ = ["SHELL", "TOOLS"]
 
 BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
-DEFAULT_TIMEOUT = 300.0
 DEFAULT_MAX_OUTPUT = 16 * 1024
 STDERR_TAIL_IN_MESSAGE = 500
 
@@ -105,37 +100,6 @@ def _run(params: dict[str, Any], ctx: ToolContext) -> ToolOutcome:
     return ToolOutcome(outputs=outputs)
 
 
-SHELL = Tool(
-    name="shell",
-    description=(
-        "Run a command: a list of arguments, or a string run by /bin/sh -c. Returns exitCode, "
-        "stdout and stderr (truncated); a non-zero exit fails the step."
-    ),
-    params_schema=obj(
-        {
-            "command": {
-                "oneOf": [
-                    {"type": "string", "minLength": 1},
-                    {"type": "array", "items": {"type": "string"}, "minItems": 1},
-                ]
-            },
-            "cwd": {"type": "string", "minLength": 1},
-            "env": {"type": "object", "additionalProperties": {"type": "string"}},
-            "inheritEnv": {
-                "type": "array",
-                "items": ENV_NAME,
-                "description": "variables of the step's environment the command may see",
-            },
-            "stdin": {"type": "string"},
-            "timeoutSeconds": TIMEOUT,
-            "maxOutputBytes": {"type": "integer", "minimum": 1, "maximum": 1024 * 1024},
-        },
-        required=["command"],
-    ),
-    risk=RiskLevel.high,
-    run=_run,
-    capabilities=frozenset({"shell"}),
-    timeout_seconds=DEFAULT_TIMEOUT,
-)
+SHELL = Tool(specs.SHELL, _run)
 
 TOOLS = [SHELL]

@@ -18,19 +18,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from agent_runtime.registry import (
-    RiskLevel,
-    Tool,
-    ToolContext,
-    ToolFailure,
-    ToolOutcome,
-    ToolTimeout,
-)
-from agent_runtime.tools.schema import ENV_NAME, TIMEOUT, obj
+from agent_contract.builtin import sql as specs
+from agent_contract.builtin.sql import DEFAULT_DSN_ENV, DEFAULT_MAX_ROWS
+from agent_runtime.registry import Tool, ToolContext, ToolFailure, ToolOutcome, ToolTimeout
 
-DEFAULT_DSN_ENV = "AGENT_SQL_DSN"
+__all__ = ["SQL_EXECUTE", "SQL_QUERY", "TOOLS", "jsonable"]
+
 DEFAULT_TIMEOUT = 60.0
-DEFAULT_MAX_ROWS = 1000
 
 if TYPE_CHECKING:  # SQLAlchemy is imported when a SQL tool runs: it slows every start
     from sqlalchemy.engine import Connection, CursorResult
@@ -167,42 +161,7 @@ def _execute(params: dict[str, Any], ctx: ToolContext) -> ToolOutcome:
     return ToolOutcome(outputs=outputs)
 
 
-_COMMON: dict[str, Any] = {
-    "parameters": {
-        "type": "object",
-        "description": "values for :name placeholders in the SQL",
-    },
-    "dsnEnv": {**ENV_NAME, "default": DEFAULT_DSN_ENV, "description": "variable holding the DSN"},
-    "maxRows": {"type": "integer", "minimum": 1, "maximum": 10000, "default": DEFAULT_MAX_ROWS},
-    "timeoutSeconds": TIMEOUT,
-}
-
-SQL_QUERY = Tool(
-    name="sql_query",
-    description=(
-        "Run one read-only SQL query (the database refuses writes) and return columns, rows "
-        "(at most maxRows) and rowCount. Use :name placeholders with `parameters`."
-    ),
-    params_schema=obj({"query": {"type": "string", "minLength": 1}, **_COMMON}, required=["query"]),
-    risk=RiskLevel.low,
-    run=_query,
-    capabilities=frozenset({"sql:read"}),
-    timeout_seconds=120,
-)
-
-SQL_EXECUTE = Tool(
-    name="sql_execute",
-    description=(
-        "Run one SQL statement that may write (INSERT, UPDATE, DELETE, DDL) and commit it; "
-        "returns rowCount, and rows when the statement returns some (RETURNING)."
-    ),
-    params_schema=obj(
-        {"statement": {"type": "string", "minLength": 1}, **_COMMON}, required=["statement"]
-    ),
-    risk=RiskLevel.high,
-    run=_execute,
-    capabilities=frozenset({"sql:write"}),
-    timeout_seconds=300,
-)
+SQL_QUERY = Tool(specs.SQL_QUERY, _query)
+SQL_EXECUTE = Tool(specs.SQL_EXECUTE, _execute)
 
 TOOLS = [SQL_QUERY, SQL_EXECUTE]

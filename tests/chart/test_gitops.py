@@ -8,9 +8,9 @@ from typing import Any
 
 import yaml
 
+from agent_contract import ToolRegistry
 from agent_operator.api import AgentPool, AgentTask
 from agent_operator.core.plan import build_plan
-from agent_runtime.registry import ToolRegistry
 from tests.chart.helm import CHART, REPO
 from tests.test_crds import object_errors
 

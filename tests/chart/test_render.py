@@ -37,7 +37,7 @@ VALUE_SETS: dict[str, Obj] = {
     "defaults": {},
     "namespaced": {
         "watchNamespaces": ["team-a", "team-b"],
-        "store": {"existingSecret": "pg", "key": "url", "shareWithSteps": True},
+        "store": {"existingSecret": "pg", "key": "url"},
         "approvals": {"forbidSelfApproval": True},
         "logFormat": "json",
         "workers": 4,
@@ -88,6 +88,7 @@ OPERATOR_RULES = {
     ("agentoperator.io", "agentpools/status"): {"patch"},
     ("batch", "jobs"): {"list", "watch", "create", "delete"},
     ("", "pods"): {"list", "watch"},
+    ("", "pods/log"): {"get"},  # large step results (steps hold no store access)
     ("", "events"): {"create"},
 }
 CRD_READ = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
@@ -338,12 +339,12 @@ def test_the_operator_reads_every_setting_the_chart_writes(rendered: dict[str, R
 def test_settings_come_through_as_the_values_say(rendered: dict[str, Rendered]) -> None:
     default = OperatorSettings.from_env(operator_env(rendered["defaults"]))
     assert (default.namespaces, default.peering, default.log_format) == ([], False, LogFormat.plain)
-    assert (default.metrics_port, default.health_port, default.dsn_secret) == (8080, 8081, None)
+    assert (default.metrics_port, default.health_port) == (8080, 8081)
     assert default.dsn is None
 
     namespaced = OperatorSettings.from_env(operator_env(rendered["namespaced"]))
     assert namespaced.namespaces == ["team-a", "team-b"]
-    assert namespaced.dsn_secret == ("pg", "url") and namespaced.dsn == "<from a Secret>"
+    assert namespaced.dsn == "<from a Secret>"
     assert namespaced.log_format == LogFormat.json
     assert (default.workers, namespaced.workers) == (16, 4)
 

@@ -61,7 +61,7 @@ def test_the_defaults_are_valid() -> None:
 ACCEPTED = [
     {"replicaCount": 3},
     {"watchNamespaces": ["team-a", "team-b"]},
-    {"store": {"existingSecret": "pg", "shareWithSteps": True}},
+    {"store": {"existingSecret": "pg", "key": "url"}},
     {"podDisruptionBudget": {"enabled": True, "maxUnavailable": "50%"}},
     {"defaultPool": {"model": {"name": "gpt-4o-mini", "baseURL": "http://llm:8000/v1"}}},
     {"healthPort": 0, "metrics": {"enabled": False}},
@@ -81,7 +81,8 @@ REFUSED = [
     pytest.param({"metrics": {"port": 70000}}, "/metrics/port", id="port-range"),
     pytest.param({"healthPort": -1}, "/healthPort", id="negative-port"),
     pytest.param({"store": {"existingSecret": "Bad Name"}}, "/store/existingSecret", id="secret"),
-    pytest.param({"store": {"shareWithSteps": True}}, "/store/existingSecret", id="share-nothing"),
+    # Steps never get the operator's store: there is no value to hand it to them.
+    pytest.param({"store": {"shareWithSteps": True}}, "'shareWithSteps'", id="store-to-steps"),
     pytest.param(
         {"approvals": {"forbidSelfApproval": True}, "admission": {"mutatingPolicies": False}},
         "/admission/mutatingPolicies",

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from agent_contract import ToolRegistry, Usage
 from agent_operator.api import AgentPoolSpec, AgentTask, ApprovalPhase
 from agent_operator.core.decide import (
     ApprovalView,
@@ -20,7 +21,6 @@ from agent_operator.core.decide import (
     StopStep,
     decide,
 )
-from agent_runtime.registry import ToolRegistry, Usage
 
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 REGISTRY = ToolRegistry.default()

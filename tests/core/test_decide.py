@@ -6,6 +6,7 @@ import json
 from dataclasses import replace
 from datetime import timedelta
 
+from agent_contract import MAX_PARAMS_BYTES, Usage
 from agent_operator.api import AgentPoolSpec, ApprovalPhase, StepPhase, TaskPhase
 from agent_operator.core.decide import (
     UNRECORDED_APPROVER,
@@ -20,7 +21,6 @@ from agent_operator.core.decide import (
     backoff,
     decide,
 )
-from agent_runtime.registry import Usage
 
 from .sim import REGISTRY, T0, World, make_task
 
@@ -127,6 +127,25 @@ def test_when_false_skips_and_dependents_still_run() -> None:
     w.finish("report")
     assert w.step().status.phase == TaskPhase.succeeded
     assert "1 skipped" in (w.task.status.message or "")
+
+
+def test_params_too_large_after_substitution_fail_the_step_instead_of_its_start() -> None:
+    w = world(
+        {
+            "steps": [
+                {"id": "a", **NOOP},
+                {"id": "b", "tool": "noop", "params": {"x": "${steps.a.outputs.blob}"}},
+            ]
+        }
+    )
+    w.step()
+    w.finish("a", outputs={"blob": "x" * MAX_PARAMS_BYTES})
+    d = w.step()
+    assert started(d) == []
+    assert d.status.phase == TaskPhase.failed
+    b = d.status.steps[1]
+    assert (b.phase, b.reason) == (StepPhase.failed, "ParamsTooLarge")
+    assert f"at most {MAX_PARAMS_BYTES} bytes" in (b.message or "")
 
 
 def test_a_missing_output_key_fails_the_step_clearly() -> None:

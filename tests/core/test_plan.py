@@ -7,16 +7,16 @@ from typing import Any
 
 import pytest
 
+from agent_contract import MAX_PARAMS_BYTES, RiskLevel, ToolRegistry, ToolSpec
 from agent_operator.api import AgentPoolSpec, AgentTaskSpec, Safety, TimeWindow
 from agent_operator.core.plan import InvalidPlan, build_plan
 from agent_operator.core.safety import in_window, next_window_open
-from agent_runtime.registry import RiskLevel, Tool, ToolOutcome, ToolRegistry
 
 from .sim import REGISTRY
 
 
-def _tool(name: str, risk: RiskLevel, capabilities: set[str] = frozenset()) -> Tool:  # type: ignore[assignment]
-    return Tool(
+def _tool(name: str, risk: RiskLevel, capabilities: set[str] = frozenset()) -> ToolSpec:  # type: ignore[assignment]
+    return ToolSpec(
         name=name,
         description=name,
         params_schema={
@@ -25,7 +25,6 @@ def _tool(name: str, risk: RiskLevel, capabilities: set[str] = frozenset()) -> T
             "additionalProperties": False,
         },
         risk=risk,
-        run=lambda params, ctx: ToolOutcome(outputs={}),
         capabilities=frozenset(capabilities),
     )
 
@@ -83,6 +82,15 @@ def test_params_are_checked_against_the_tool_schema() -> None:
     assert "step 'a' (steps[0]).params.seconds: 'soon' is not of type 'number'" in text
     text = problems([{"id": "a", "tool": "sleep", "params": {}}])
     assert "'seconds' is a required property" in text
+
+
+def test_params_too_large_for_the_steps_environment_are_refused_naming_the_limit() -> None:
+    big = {"outputs": {"blob": "x" * MAX_PARAMS_BYTES}}
+    text = problems([{"id": "a", "tool": "noop", "params": big}])
+    assert text.startswith("step 'a' (steps[0]).params: the params take ")
+    assert f"may take at most {MAX_PARAMS_BYTES} bytes" in text and "AGENT_STEP" in text
+    # Just under the limit plans: the rest of the invocation has room of its own.
+    plan([{"id": "a", "tool": "noop", "params": {"outputs": {"b": "x" * (MAX_PARAMS_BYTES - 30)}}}])
 
 
 def test_placeholders_are_not_type_checked_before_run_time() -> None:

@@ -134,12 +134,11 @@ def release(
             metrics, health = free_ports(2)
             values |= {"metrics": {"port": metrics}, "healthPort": health}
             database = Database.create(request.getfixturevalue("postgres_dsn"))
-            for namespace in (chart.namespace, chart.tasks):
-                kubectl(
-                    "create", "secret", "generic", STORE_SECRET,
-                    f"--from-literal=dsn={database.dsn}", "-n", namespace,
-                )  # fmt: skip
-            values["store"] = {"existingSecret": STORE_SECRET, "shareWithSteps": True}
+            kubectl(
+                "create", "secret", "generic", STORE_SECRET,
+                f"--from-literal=dsn={database.dsn}", "-n", chart.namespace,
+            )  # fmt: skip
+            values["store"] = {"existingSecret": STORE_SECRET}
         chart.values.write_text(yaml.safe_dump(values))
         # --take-ownership: CRDs applied earlier from crds/ (another test, or a user) join
         # the release, as the chart's README says.
@@ -341,12 +340,8 @@ def test_a_task_runs_once_through_the_chart_and_a_reapply_changes_nothing(
         pod = job["spec"]["template"]["spec"]
         assert pod["serviceAccountName"] == "agent-steps"
         assert pod["automountServiceAccountToken"] is False
-        env = {e["name"]: e for e in pod["containers"][0]["env"]}
-        if "AGENT_OPERATOR_DSN" in env:  # store.shareWithSteps: by reference only
-            assert env["AGENT_OPERATOR_DSN"]["valueFrom"]["secretKeyRef"] == {
-                "name": STORE_SECRET,
-                "key": "dsn",
-            }
+        env = {e["name"] for e in pod["containers"][0]["env"]}
+        assert "AGENT_OPERATOR_DSN" not in env  # the operator's store stays the operator's
 
     # kubectl sends the step list again (the live one carries the schema's defaults), and
     # the API server finds nothing to change: no new generation, no write at all.

@@ -593,6 +593,34 @@ def test_deleting_a_running_task_removes_its_jobs_and_pods(
     assert rows == [("Cancelled", "Cancelled")]
 
 
+def test_a_result_over_4_kib_comes_back_whole_through_the_pod_log_without_a_dsn(
+    operator: OperatorProcess, kubectl: Kubectl, namespace: str
+) -> None:
+    """The step holds no store credential; the operator reads the full result from its log."""
+    blob = "0123456789abcdef" * 1024  # 16 KiB: four times what a termination message keeps
+    steps = [
+        {"id": "big", "tool": "noop", "params": {"outputs": {"blob": blob, "count": 3}}},
+        {"id": "use", "tool": "noop", "params": {"outputs": {"echo": "${steps.big.outputs.blob}"}}},
+    ]
+    apply_yaml(kubectl, namespace, pool("default"), task("big-result", steps))
+    status = expect_phase(finished(kubectl, namespace, "big-result"), "Succeeded")
+    assert status["outputs"] == {"use": {"echo": blob}}  # a summary would carry a marker
+    uid = uid_of(kubectl, namespace, "big-result")
+    [(outputs,)] = query(
+        operator.dsn,
+        "SELECT outputs FROM step_attempts WHERE task_uid = %s AND step_id = 'big'",
+        uid,
+    )
+    assert outputs == {"blob": blob, "count": 3}
+    for pod in pods_of(kubectl, namespace, uid):
+        summary = json.loads(
+            pod["status"]["containerStatuses"][0]["state"]["terminated"]["message"]
+        )
+        assert summary["inLog"] is True and len(json.dumps(summary)) <= 4096
+        env = {e["name"] for c in pod["spec"]["containers"] for e in c.get("env", [])}
+        assert env == {"AGENT_STEP"}  # no DSN, no store Secret: nothing but the step
+
+
 def test_operator_killed_mid_task_carries_on_without_running_a_step_twice(
     operator: OperatorProcess, kubectl: Kubectl, namespace: str
 ) -> None:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
+from kmock import name, subresource
 from kubernetes import client
 
 from agent_operator.core.naming import job_name
@@ -26,6 +27,7 @@ from .harness import (
     APPROVALS,
     JOBS,
     NS,
+    PODS,
     TASKS,
     Emulated,
     agent_task,
@@ -230,6 +232,31 @@ def test_a_failing_step_is_retried_as_a_new_job_then_fails_the_task(
         (1, "Failed", "upstream said 503"),
         (2, "Failed", "upstream said 503 again"),
     }
+
+
+def test_a_result_over_4_kib_is_read_from_the_pods_log_and_kept_in_the_store(
+    cluster: Emulated, operator: kopf.Memo, dsn: str
+) -> None:
+    blob = "x" * 20_000
+    cluster.create(
+        "agenttasks",
+        agent_task(
+            "big", {"steps": [{"id": "fetch", "tool": "noop"}, {"id": "next", "tool": "noop"}]}
+        ),
+    )
+    job = wait_job(cluster, "fetch")
+    pod = f"{job['metadata']['name']}-pod"
+    full = json.dumps(succeeded({"blob": blob, "n": 1}))
+    # The kubelet's log endpoint: the runtime's full result is the log's last line.
+    reads = cluster.emulator["get", PODS, subresource("log"), name(pod)] << f"{full}\n".encode()
+    cluster.finish_job(job, {**succeeded({"blob": "<truncated>", "n": 1}), "inLog": True})
+    cluster.finish_job(wait_job(cluster, "next"), succeeded({}))
+    wait_phase(cluster, "big", "Succeeded")
+    with Store.open(dsn) as store:
+        outputs = {a.step_id: a.outputs for a in store.attempts("uid-big")}
+    assert outputs["fetch"] == {"blob": blob, "n": 1}
+    assert len(reads) == 1  # read once: the store keeps it from then on
+    assert reads[0].params == {"container": "step", "tailLines": "1", "limitBytes": "1048578"}
 
 
 # --- cancellation ---------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from agent_contract import RiskLevel, StepInvocation
 from agent_operator.api import (
     NAME_PATTERN,
     AgentPool,
@@ -35,7 +36,6 @@ from agent_operator.kube.manifests import (
     step_job,
 )
 from agent_operator.redact import REDACTED
-from agent_runtime.registry import RiskLevel, StepInvocation
 
 UID = "0b7c5a8e-4f1d-4c3e-9a57-2d1e6f8b9c10"
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -135,13 +135,14 @@ def test_the_default_ttl_removes_finished_jobs_after_an_hour() -> None:
 
 
 def test_the_step_travels_as_json_and_secrets_only_by_reference() -> None:
+    """The model's key is the only credential: never the operator's store (its DSN)."""
     pool = make_pool(
         model={"model": "gpt-4o", "apiKeySecretRef": {"name": "openai", "key": "api-key"}}
     )
     task = make_task()
-    job = step_job(task, pool, START, dsn_secret=("agent-operator-store", "dsn"))
+    job = step_job(task, pool, START)
     env = container(job)["env"]
-    assert [e["name"] for e in env] == ["AGENT_STEP", "OPENAI_API_KEY", "AGENT_OPERATOR_DSN"]
+    assert [e["name"] for e in env] == ["AGENT_STEP", "OPENAI_API_KEY"]
     step = StepInvocation.model_validate_json(env[0]["value"])
     assert step == step_invocation(task, pool.spec, START)
     assert step.params == START.params and step.attempt == 2 and step.task_uid == UID
@@ -149,10 +150,6 @@ def test_the_step_travels_as_json_and_secrets_only_by_reference() -> None:
     assert env[1] == {
         "name": "OPENAI_API_KEY",
         "valueFrom": {"secretKeyRef": {"name": "openai", "key": "api-key"}},
-    }
-    assert env[2] == {
-        "name": "AGENT_OPERATOR_DSN",
-        "valueFrom": {"secretKeyRef": {"name": "agent-operator-store", "key": "dsn"}},
     }
 
 

@@ -9,12 +9,11 @@ from typing import Any
 
 import pytest
 
+from agent_contract import Usage
 from agent_operator.api import AgentPool, AgentTask, ApprovalPhase
 from agent_operator.core.decide import RunState, StartStep
 from agent_operator.kube.manifests import step_job
 from agent_operator.kube.observe import TAIL_CHARS, approval_view, run_from_job
-from agent_operator.store import ResultNotFound
-from agent_runtime.registry import Usage
 
 UID = "0b7c5a8e-4f1d-4c3e-9a57-2d1e6f8b9c10"
 JOB_UID = "7d3f9a21-55c2-4b8e-a1f0-3c9e8d7b6a54"
@@ -159,8 +158,8 @@ def result(ok: bool = True, **fields: Any) -> str:
     return json.dumps({"ok": ok, "outputs": {}, "message": "", **fields}, separators=(",", ":"))
 
 
-def no_store(ref: str) -> dict[str, Any]:
-    raise AssertionError(f"the store was asked for {ref}")
+def no_log(namespace: str, name: str) -> str | None:
+    raise AssertionError(f"the log of {namespace}/{name} was read")
 
 
 COMPLETE = (condition("SuccessCriteriaMet", "CompletionsReached"), condition("Complete"))
@@ -179,7 +178,7 @@ def test_a_complete_job_reports_the_steps_outputs_and_usage() -> None:
     run = run_from_job(
         job(*COMPLETE, completion=FINISHED, succeeded=1),
         pod("Succeeded", terminated(0, message)),
-        no_store,
+        no_log,
     )
     assert run.step_id == "fetch" and run.attempt == 2 and run.job_name == NAME
     assert run.state == RunState.succeeded and run.reason is None
@@ -211,35 +210,42 @@ def test_a_pod_that_ended_decides_while_the_job_controller_lags() -> None:
     )
 
 
-def test_a_large_result_is_loaded_from_the_store_by_its_reference() -> None:
-    ref = f"result:{UID}/fetch/2"
-    summary = result(outputs={"body": f"<truncated: 90000 bytes in {ref}>"}, ref=ref)
-    full = {"ok": True, "outputs": {"body": "x" * 90000}, "message": "", "usage": {"tokens": 7}}
-    asked: list[str] = []
+def test_a_large_result_is_read_from_the_last_line_of_the_pods_log() -> None:
+    summary = result(
+        outputs={"body": "<truncated: 90002 bytes in the log>"}, usage={"tokens": 7}, inLog=True
+    )
+    full = result(outputs={"body": "x" * 90000}, usage={"tokens": 7})
+    asked: list[tuple[str, str]] = []
 
-    def load(wanted: str) -> dict[str, Any]:
-        asked.append(wanted)
-        return full
+    def read_log(namespace: str, name: str) -> str | None:
+        asked.append((namespace, name))
+        return full + "\n"
 
     complete = job(*COMPLETE, completion=FINISHED)
-    run = run_from_job(complete, pod("Succeeded", terminated(0, summary)), load)
-    assert asked == [ref]
+    run = run_from_job(complete, pod("Succeeded", terminated(0, summary)), read_log)
+    assert asked == [("team-a", f"{NAME}-x7k2p")]
+    assert run.state == RunState.succeeded
     assert run.outputs == {"body": "x" * 90000} and run.usage.tokens == 7
-    # Without a store the summary is what there is.
-    plain = run_from_job(complete, pod("Succeeded", terminated(0, summary)), None)
-    assert plain.outputs == {"body": f"<truncated: 90000 bytes in {ref}>"}
 
 
-def test_a_lost_large_result_fails_the_attempt_naming_the_reference() -> None:
-    ref = f"result:{UID}/fetch/2"
+def test_a_small_result_never_reads_the_log() -> None:
+    run = run_from_job(job(*COMPLETE), pod("Succeeded", terminated(0, result())), no_log)
+    assert run.state == RunState.succeeded
 
-    def load(wanted: str) -> dict[str, Any]:
-        raise ResultNotFound(f"no step result stored under {wanted!r}")
 
-    summary = result(ref=ref, usage={"tokens": 11, "costUSD": 0.0})
-    run = run_from_job(job(*COMPLETE), pod("Succeeded", terminated(0, summary)), load)
+@pytest.mark.parametrize(
+    ("line", "why"),
+    [
+        (None, "its log is gone"),
+        ('{"event": "step finished"}', "the last line of its log is not a result"),
+        (result(False), "the last line of its log is not the result the step summarized"),
+    ],
+)
+def test_a_large_result_that_cannot_be_read_fails_the_attempt(line: str | None, why: str) -> None:
+    summary = result(inLog=True, usage={"tokens": 11, "costUSD": 0.0})
+    run = run_from_job(job(*COMPLETE), pod("Succeeded", terminated(0, summary)), lambda n, p: line)
     assert run.state == RunState.failed and run.reason == "ExitCode0"
-    assert ref in run.message and "cannot be read" in run.message
+    assert why in run.message and "cannot be read" in run.message
     assert run.usage.tokens == 11  # what it spent still counts against the budget
 
 
@@ -263,7 +269,7 @@ def test_a_failed_step_reports_its_message_outputs_and_usage() -> None:
         message="POST https://example.com returned 500",
         usage={"tokens": 12, "costUSD": 0.001},
     )
-    run = run_from_job(job(BACKOFF, failed=1), pod("Failed", terminated(1, message)), no_store)
+    run = run_from_job(job(BACKOFF, failed=1), pod("Failed", terminated(1, message)), no_log)
     assert run.state == RunState.failed and run.reason == "ExitCode1"
     assert run.message == "POST https://example.com returned 500"
     assert run.outputs == {"status": 500} and run.usage.tokens == 12
@@ -289,7 +295,7 @@ def test_a_complete_job_without_a_report_fails() -> None:
 
 def test_logs_in_place_of_a_report_fail_with_their_redacted_tail() -> None:
     logs = "x" * 2000 + "\nTraceback (most recent call last):\n  password=hunter2\nKilled\n"
-    run = run_from_job(job(BACKOFF), pod("Failed", terminated(1, logs)), no_store)
+    run = run_from_job(job(BACKOFF), pod("Failed", terminated(1, logs)), no_log)
     assert run.state == RunState.failed and run.reason == "ExitCode1"
     assert run.message.startswith("exited 1 without a result: ")
     assert run.message.endswith("Killed")
@@ -367,7 +373,7 @@ def test_a_pod_deleted_while_the_step_ran_fails_once_it_has_stopped() -> None:
 
 
 def test_a_running_job_is_running() -> None:
-    run = run_from_job(job(active=1, ready=1), pod(), no_store)
+    run = run_from_job(job(active=1, ready=1), pod(), no_log)
     assert run.state == RunState.running
     assert (run.finished_at, run.reason, run.message, run.outputs) == (None, None, "", {})
     assert run.started_at == T_STARTED

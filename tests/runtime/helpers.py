@@ -5,14 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from agent_contract import ModelSettings, StepInvocation
 from agent_runtime.executor import run_tool
-from agent_runtime.registry import (
-    ModelSettings,
-    StepInvocation,
-    ToolContext,
-    ToolOutcome,
-    ToolRegistry,
-)
+from agent_runtime.registry import Toolbox, ToolContext, ToolOutcome
 
 
 def invocation(
@@ -31,12 +26,12 @@ def context(
     env: Mapping[str, str] | None = None,
     model: ModelSettings | None = None,
     allowed_tools: list[str] | None = None,
-    registry: ToolRegistry | None = None,
+    toolbox: Toolbox | None = None,
 ) -> ToolContext:
     """What a tool sees when the runtime calls it (no deadline unless the executor sets one)."""
     return ToolContext(
         invocation=invocation(tool, params, model=model, allowed_tools=allowed_tools),
-        registry=registry or ToolRegistry.default(),
+        toolbox=toolbox or Toolbox.default(),
         env=dict(env or {}),
     )
 
@@ -50,7 +45,7 @@ def call(
 ) -> ToolOutcome:
     """Run a registered tool as the runtime does: params checked, under its timeout."""
     ctx = context(name, params, **context_fields)
-    tool = ctx.registry.get(name)
+    tool = ctx.toolbox.get(name)
     assert tool is not None
-    assert tool.param_errors(params) == []
-    return run_tool(tool, params, ctx, timeout or tool.timeout_seconds)
+    assert tool.spec.param_errors(params) == []
+    return run_tool(tool, params, ctx, timeout or tool.spec.timeout_seconds)

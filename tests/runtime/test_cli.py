@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent_operator.store import Store
+from agent_contract import MESSAGE_LIMIT
 from tests.support.openai_server import ScriptedOpenAI
 
 BIN = Path(sys.executable).parent
@@ -38,7 +38,6 @@ def run_step(
     environment = {
         "PATH": os.environ["PATH"],
         "HOME": str(tmp_path),
-        "AGENT_OPERATOR_DSN": f"sqlite:///{tmp_path / 'store.db'}",
         **(env or {}),
     }
     if step is not None:
@@ -72,7 +71,7 @@ def test_success_reports_outputs(tmp_path: Path) -> None:
         "outputs": {"answer": 42},
         "message": "",
         "usage": {"tokens": 0, "costUSD": 0.0},
-        "ref": None,
+        "inLog": False,
     }
     events = [json.loads(line)["event"] for line in run.stderr.splitlines()]
     assert events == ["step started", "step finished"]
@@ -145,30 +144,37 @@ def test_timeout_gives_up_at_the_deadline(tmp_path: Path) -> None:
     assert run.result["message"] == "sleep timed out after 0.5s"
 
 
-def test_large_result_goes_to_the_store_with_a_ref(tmp_path: Path) -> None:
-    dsn = f"sqlite:///{tmp_path / 'store.db'}"
-    with Store.open(dsn) as store:  # the operator records the task before running its steps
-        store.upsert_task("uid-1", namespace="default", name="demo", phase="Running")
+def test_large_result_is_summarized_and_whole_in_the_log_without_the_operator(
+    tmp_path: Path,
+) -> None:
+    """A step never opens the operator's store: here `agent_operator` cannot even be imported."""
+    shadow = tmp_path / "shadow" / "agent_operator"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('a step must not import me')\n")
     outputs = {"blob": "x" * 10_000, "count": 3}
-    run = run_step(tmp_path, {**STEP, "attempt": 2, "params": {"outputs": outputs}})
-    assert run.code == 0
-    assert len(run.raw.encode()) <= 4096
-    assert run.result["ref"]
-    assert run.result["outputs"]["count"] == 3
-    assert run.result["outputs"]["blob"] == f"<truncated: 10002 bytes in {run.result['ref']}>"
-    with Store.open(dsn) as store:
-        full = store.load_result(run.result["ref"])
-    assert full["outputs"] == outputs
-    assert full["ok"] is True
-
-
-def test_large_result_without_a_store_fails_without_leaking_the_dsn(tmp_path: Path) -> None:
-    dsn = "postgresql://agent:s3cretpass@127.0.0.1:1/agents"
-    step = {**STEP, "params": {"outputs": {"blob": "x" * 10_000}}}
-    run = run_step(tmp_path, step, env={"AGENT_OPERATOR_DSN": dsn})
-    assert run.code == 1
-    assert "checkpoint store could not keep it" in run.result["message"]
-    assert "s3cretpass" not in run.raw + run.stderr
+    step = {**STEP, "attempt": 2, "params": {"outputs": outputs}}
+    log = tmp_path / "pod.log"
+    with log.open("wb") as out:  # stdout and stderr in one stream, as in a pod's log
+        done = subprocess.run(
+            [str(BIN / "agent-runtime"), "run-step", "--termination-log", str(tmp_path / "t")],
+            env={
+                "PATH": os.environ["PATH"],
+                "PYTHONPATH": str(shadow.parent),
+                "AGENT_STEP": json.dumps(step),
+            },
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 0
+    raw = (tmp_path / "t").read_text()
+    summary = json.loads(raw)
+    assert len(raw.encode()) <= MESSAGE_LIMIT
+    assert summary["inLog"] is True
+    assert summary["outputs"] == {"count": 3, "blob": "<truncated: 10002 bytes in the log>"}
+    full = json.loads(log.read_text().splitlines()[-1])
+    assert full["outputs"] == outputs and full["ok"] is True and not full["inLog"]
 
 
 def test_secrets_echoed_back_are_masked(tmp_path: Path) -> None:

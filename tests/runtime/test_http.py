@@ -12,8 +12,10 @@ from typing import Any
 import httpx
 import pytest
 
-from agent_runtime.registry import RiskLevel, ToolFailure, ToolRegistry, ToolTimeout
-from agent_runtime.tools.http import HTTP_REQUEST, host_allowed
+from agent_contract import RiskLevel, ToolRegistry
+from agent_contract.builtin.http import HTTP_REQUEST
+from agent_runtime.registry import ToolFailure, ToolTimeout
+from agent_runtime.tools.http import host_allowed
 from tests.runtime.helpers import call
 
 BIG = b"x" * 100_000

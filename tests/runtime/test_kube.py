@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 from kmock import KubernetesEmulator, ResourceInfo, resource
 
-from agent_runtime.registry import RiskLevel, ToolFailure, ToolRegistry
+from agent_contract import RiskLevel, ToolRegistry
+from agent_runtime.registry import ToolFailure
 from tests.runtime.helpers import call
 from tests.support.kube import serve_emulator, write_kubeconfig
 

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from agent_runtime.registry import ModelSettings, RiskLevel, ToolFailure, ToolRegistry, ToolTimeout
-from agent_runtime.tools.llm import REACT_AGENT_TOOL
+from agent_contract import ModelSettings, RiskLevel, ToolRegistry
+from agent_contract.builtin.llm import REACT_AGENT_TOOL
+from agent_runtime.registry import ToolFailure, ToolTimeout
 from tests.runtime.helpers import call
 from tests.support.openai_server import ScriptedOpenAI, error, slow, text, tool_calls
 

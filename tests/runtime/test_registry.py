@@ -15,15 +15,10 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
+from agent_contract import RiskLevel, ToolRegistry, ToolSpec
+from agent_contract.builtin import builtin_specs
 from agent_runtime.executor import run_tool
-from agent_runtime.registry import (
-    RiskLevel,
-    Tool,
-    ToolContext,
-    ToolOutcome,
-    ToolRegistry,
-    ToolTimeout,
-)
+from agent_runtime.registry import Tool, Toolbox, ToolContext, ToolOutcome, ToolTimeout
 from agent_runtime.tools import builtin_tools
 from tests.runtime.helpers import context
 
@@ -46,11 +41,13 @@ OPEN_BY_DESIGN = {"noop"}  # returns whatever it is given
 
 
 def test_builtins_are_all_there() -> None:
-    assert {tool.name for tool in builtin_tools()} == BUILTINS
+    assert {spec.name for spec in builtin_specs()} == BUILTINS
+    # Each runtime tool runs exactly the spec the operator validates against.
+    assert [tool.spec for tool in builtin_tools()] == builtin_specs()
 
 
-@pytest.mark.parametrize("tool", builtin_tools(), ids=lambda tool: tool.name)
-def test_builtin_metadata_is_complete(tool: Tool) -> None:
+@pytest.mark.parametrize("tool", builtin_specs(), ids=lambda tool: tool.name)
+def test_builtin_metadata_is_complete(tool: ToolSpec) -> None:
     Draft202012Validator.check_schema(tool.params_schema)
     assert tool.params_schema["type"] == "object"
     if tool.name not in OPEN_BY_DESIGN:
@@ -81,26 +78,33 @@ def test_static_risk_is_the_default_effective_risk() -> None:
 
 # --- custom tools through the entry-point group -------------------------------
 
-PLUGIN = """
-from agent_runtime.registry import RiskLevel, Tool, ToolOutcome
+# A custom tool package: specs apart from the implementations, so the operator can load
+# the metadata (`agent_contract.tools`) without the code (`agent_runtime.tools`).
+PLUGIN_SPECS = """
+from agent_contract import RiskLevel, ToolSpec
+
+TEXT = {
+    "type": "object",
+    "properties": {"text": {"type": "string"}},
+    "required": ["text"],
+    "additionalProperties": False,
+}
+SHOUT = ToolSpec(name="shout", description="Upper-cases.", params_schema=TEXT, risk=RiskLevel.safe)
+WHISPER = ToolSpec(name="whisper", description="Lower.", params_schema=TEXT, risk=RiskLevel.low)
+CRASH = ToolSpec(name="crash", description="A bug.", params_schema={}, risk=RiskLevel.safe)
+
+
+def more_specs():
+    return [WHISPER, CRASH]
+"""
+
+PLUGIN_TOOLS = """
+import shout_specs
+from agent_runtime.registry import Tool, ToolOutcome
 
 
 def _shout(params, ctx):
     return ToolOutcome(outputs={"text": params["text"].upper()})
-
-
-SHOUT = Tool(
-    name="shout",
-    description="Upper-cases text.",
-    params_schema={
-        "type": "object",
-        "properties": {"text": {"type": "string"}},
-        "required": ["text"],
-        "additionalProperties": False,
-    },
-    risk=RiskLevel.safe,
-    run=_shout,
-)
 
 
 def _whisper(params, ctx):
@@ -111,42 +115,59 @@ def _crash(params, ctx):
     raise RuntimeError("cannot use " + ctx.env["AGENT_SQL_DSN"])
 
 
+SHOUT = Tool(shout_specs.SHOUT, _shout)
+
+
 def more_tools():
-    return [
-        Tool(
-            name="whisper",
-            description="Lower-cases text.",
-            params_schema=SHOUT.params_schema,
-            risk=RiskLevel.safe,
-            run=_whisper,
-        ),
-        Tool(name="crash", description="A bug.", params_schema={}, risk=RiskLevel.safe, run=_crash),
-    ]
+    return [Tool(shout_specs.WHISPER, _whisper), Tool(shout_specs.CRASH, _crash)]
 """
+
+ENTRY_POINTS = (
+    "[agent_contract.tools]\nshout = shout_specs:SHOUT\nwhisper = shout_specs:more_specs\n"
+    "[agent_runtime.tools]\nshout = shout_tools:SHOUT\nwhisper = shout_tools:more_tools\n"
+)
 
 
 @pytest.fixture
 def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An installed distribution `shout-tools` publishing a Tool and a factory of tools."""
-    (tmp_path / "shout_tools.py").write_text(textwrap.dedent(PLUGIN))
+    """An installed distribution `shout-tools` publishing specs and tools, one and a factory."""
+    (tmp_path / "shout_specs.py").write_text(textwrap.dedent(PLUGIN_SPECS))
+    (tmp_path / "shout_tools.py").write_text(textwrap.dedent(PLUGIN_TOOLS))
     info = tmp_path / "shout_tools-1.0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: shout-tools\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text(
-        "[agent_runtime.tools]\nshout = shout_tools:SHOUT\nwhisper = shout_tools:more_tools\n"
-    )
+    (info / "entry_points.txt").write_text(ENTRY_POINTS)
     monkeypatch.syspath_prepend(str(tmp_path))
     return tmp_path
 
 
-def test_entry_point_tools_join_the_default_registry(plugin: Path) -> None:
-    registry = ToolRegistry.default()
-    assert {"shout", "whisper"} <= set(registry.names())
-    assert set(registry.names()) >= BUILTINS
-    shout = registry.get("shout")
+def test_entry_point_tools_join_the_default_toolbox(plugin: Path) -> None:
+    toolbox = Toolbox.default()
+    assert set(toolbox.names()) == BUILTINS | {"shout", "whisper", "crash"}
+    shout = toolbox.get("shout")
     assert shout is not None
-    outcome = shout.run({"text": "hi"}, context("shout", registry=registry))
+    outcome = shout.run({"text": "hi"}, context("shout", toolbox=toolbox))
     assert outcome.outputs == {"text": "HI"}
+
+
+def test_entry_point_specs_join_the_registry_without_their_implementations(
+    plugin: Path,
+) -> None:
+    """What the operator loads to validate plans: the specs, never the tools' code."""
+    found = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import json, sys; from agent_contract import ToolRegistry as R; "
+            "print(json.dumps(R.default().names())); print('shout_tools' in sys.modules)",
+        ],
+        env={**os.environ, "PYTHONPATH": str(plugin)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert set(json.loads(found[0])) == BUILTINS | {"shout", "whisper", "crash"}
+    assert found[1] == "False"
 
 
 def run_plugin_step(plugin: Path, tool: str, params: dict[str, Any]) -> tuple[int, str, str]:
@@ -192,14 +213,14 @@ def test_a_name_taken_twice_is_refused(plugin: Path) -> None:
         "[agent_runtime.tools]\nshout = shout_tools:SHOUT\nagain = shout_tools:SHOUT\n"
     )
     with pytest.raises(ValueError, match="'shout' is registered twice"):
-        ToolRegistry.default()
+        Toolbox.default()
 
 
 # --- the deadline executor ----------------------------------------------------
 
 
 def _tool(run: Any) -> Tool:
-    return Tool(name="probe", description="", params_schema={}, risk=RiskLevel.safe, run=run)
+    return Tool(ToolSpec(name="probe", description="", params_schema={}, risk=RiskLevel.safe), run)
 
 
 def test_a_tool_that_ignores_its_deadline_is_abandoned() -> None:
@@ -235,7 +256,7 @@ def test_an_outer_deadline_bounds_an_inner_call() -> None:
 
     outer = context()
     bounded = ToolContext(
-        invocation=outer.invocation, registry=outer.registry, deadline=time.monotonic() + 5
+        invocation=outer.invocation, toolbox=outer.toolbox, deadline=time.monotonic() + 5
     )
     run_tool(_tool(measure), {}, bounded, 100.0)
     assert 0 < seen[0] <= 5

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from agent_contract import MAX_RESULT_BYTES, MESSAGE_LIMIT, ModelSettings, StepResult, full_result
 from agent_runtime.cli import InvalidInvocation, check_invocation, fit_message, load_invocation
 from agent_runtime.redaction import (
     MASK,
@@ -16,10 +17,10 @@ from agent_runtime.redaction import (
     secret_values,
     variables_named_in,
 )
-from agent_runtime.registry import ModelSettings, ToolRegistry
+from agent_runtime.registry import Toolbox
 from tests.runtime.helpers import invocation
 
-REGISTRY = ToolRegistry.default()
+REGISTRY = Toolbox.default()
 STEP = {"task": "demo", "taskUID": "uid-1", "stepId": "s1", "tool": "noop"}
 
 
@@ -66,26 +67,55 @@ def test_approval_recorded_lets_the_step_run() -> None:
 
 
 def _document(outputs: dict[str, Any]) -> dict[str, Any]:
-    return {"ok": True, "outputs": outputs, "message": "", "usage": {}, "ref": None}
+    return StepResult(ok=True, outputs=outputs).model_dump(mode="json", by_alias=True)
+
+
+def _size(document: dict[str, Any]) -> int:
+    return len(json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode())
 
 
 def test_a_small_result_is_kept_whole() -> None:
     document = _document({"a": "x" * 1000})
-    assert fit_message(document, invocation(), {}) is document
+    assert fit_message(document) == (document, document)
 
 
-def test_a_result_with_many_large_keys_keeps_only_its_ref(tmp_path: Path) -> None:
-    from agent_operator.store import Store
+def test_a_large_result_leaves_a_summary_and_goes_whole_to_the_log() -> None:
+    outputs = {"small": 1, "rows": ["y" * 100] * 100}
+    message, full = fit_message(_document(outputs))
+    assert full == _document(outputs)
+    assert _size(message) <= MESSAGE_LIMIT
+    assert message["inLog"] is True
+    assert message["outputs"] == {"small": 1, "rows": "<truncated: 10301 bytes in the log>"}
+    # What the operator does with the two: the full result, from the log's last line.
+    line = json.dumps(full) + "\n"
+    assert full_result(StepResult.model_validate(message), line).outputs == outputs
 
-    dsn = f"sqlite:///{tmp_path / 'store.db'}"
-    with Store.open(dsn) as store:
-        store.upsert_task("uid-1", namespace="default", name="demo", phase="Running")
+
+def test_a_result_with_many_large_keys_keeps_only_the_marker() -> None:
     outputs = {f"key{i}": "y" * 300 for i in range(100)}
-    fitted = fit_message(_document(outputs), invocation(), {"AGENT_OPERATOR_DSN": dsn})
-    assert fitted["outputs"] == {}
-    assert fitted["ref"]
-    with Store.open(dsn) as store:
-        assert store.load_result(fitted["ref"])["outputs"] == outputs
+    message, full = fit_message(_document(outputs))
+    assert message["outputs"] == {} and message["inLog"] is True
+    assert full["outputs"] == outputs
+
+
+def test_a_result_over_the_limit_fails_the_step_and_names_the_largest_outputs() -> None:
+    outputs = {"small": 1, "big": "z" * MAX_RESULT_BYTES}
+    message, full = fit_message(_document(outputs))
+    assert message == full and full["ok"] is False
+    assert f"a step may report at most {MAX_RESULT_BYTES}" in full["message"]
+    assert "largest outputs: big, small" in full["message"]
+
+
+def test_a_log_line_that_is_not_the_summarized_result_is_a_failure() -> None:
+    summary = StepResult(ok=True, in_log=True)
+    for line, why in [
+        (None, "its log is gone"),
+        ("a tool's stray print", "is not a result"),
+        ('{"ok": false}', "not the result the step summarized"),
+        ('{"ok": true, "message": "' + "m" * MAX_RESULT_BYTES + '"}', "over the limit"),
+    ]:
+        result = full_result(summary, line)
+        assert not result.ok and why in result.message
 
 
 # --- secrets --------------------------------------------------------------------

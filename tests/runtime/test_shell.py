@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from agent_contract.builtin.shell import SHELL
 from agent_runtime.registry import ToolFailure, ToolTimeout
-from agent_runtime.tools.shell import SHELL
 from tests.runtime.helpers import call
 
 

@@ -125,7 +125,7 @@ def test_malformed_dsn_is_not_quoted() -> None:
 
 
 def test_dsn_cannot_be_given_in_params() -> None:
-    from agent_runtime.tools.sql import SQL_QUERY
+    from agent_contract.builtin.sql import SQL_QUERY
 
     errors = SQL_QUERY.param_errors({"query": "SELECT 1", "dsn": "sqlite://"})
     assert errors == [

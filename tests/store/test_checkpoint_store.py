@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing
 from collections.abc import Iterator
@@ -16,19 +15,18 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, create_engine, inspect, make_url, text
 
+from agent_contract import Usage
 from agent_operator.api import StepPhase, TaskPhase
 from agent_operator.core.decide import RunState, StepRun
 from agent_operator.redact import REDACTED
 from agent_operator.store import (
     EventKind,
-    ResultNotFound,
     Store,
     StoreError,
     default_sqlite_path,
     resolve_url,
 )
 from agent_operator.store.tables import Base
-from agent_runtime.registry import Usage
 
 UID = "6f1c2d3e-0000-4000-8000-000000000001"
 T0 = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
@@ -59,7 +57,6 @@ def test_migrations_create_the_schema_the_models_describe(store: Store, raw: Con
         "step_attempts",
         "checkpoints",
         "events",
-        "results",
         "alembic_version",
     }
     assert compare_metadata(MigrationContext.configure(raw), Base.metadata) == []
@@ -70,7 +67,7 @@ def test_opening_twice_migrates_once_and_shares_the_data(
 ) -> None:
     with Store.open(store_dsn) as again:
         assert again.task(task) == store.task(task)
-    assert raw.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0001"]
+    assert raw.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0002"]
 
 
 def test_opening_logs_where_but_not_the_password(
@@ -108,7 +105,7 @@ def test_processes_opening_an_empty_database_at_once_all_succeed(
     # Separate processes, like operator replicas: only the database's own lock can order them.
     with multiprocessing.get_context("fork").Pool(3) as pool:
         assert pool.map(_open_and_close, [store_dsn] * 3) == [None, None, None]
-    assert raw.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0001"]
+    assert raw.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0002"]
 
 
 def test_threads_opening_at_once_all_succeed(store_dsn: str) -> None:
@@ -269,22 +266,6 @@ def test_an_unknown_event_kind_is_refused(store: Store, task: str) -> None:
     assert store.events(task) == []
 
 
-def test_large_results_round_trip_by_reference(store: Store, task: str) -> None:
-    result = {"rows": [{"i": i, "text": "x" * 100} for i in range(1000)], "nested": {"ok": True}}
-    assert len(json.dumps(result)) > 100 * 1024
-
-    ref = store.save_result(task, "query", 2, result)
-
-    assert ref == f"store:results/{task}/query/2"
-    assert store.load_result(ref) == result
-    assert store.save_result(task, "query", 2, {"replaced": 1}) == ref
-    assert store.load_result(ref) == {"replaced": 1}
-    with pytest.raises(ResultNotFound):
-        store.load_result(f"store:results/{task}/query/3")
-    with pytest.raises(ValueError, match="not a store result reference"):
-        store.load_result("s3://bucket/key")
-
-
 def test_writes_for_an_unknown_task_are_refused(store: Store) -> None:
     with pytest.raises(StoreError, match="refused"):
         store.record_attempt("no-such-task", "a", 1, phase="Running")
@@ -313,7 +294,6 @@ def test_no_secret_reaches_any_row(store: Store, raw: Connection) -> None:
     store.append_event(
         UID, EventKind.step_failed, step_id="q", message=f"token: {SECRET}", data={"token": SECRET}
     )
-    store.save_result(UID, "q", 1, {"rows": [], "credentials": {"user": "a", "pass": SECRET}})
 
     dumped = []
     for table in Base.metadata.sorted_tables:

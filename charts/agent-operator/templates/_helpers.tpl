@@ -120,7 +120,4 @@ seccompProfile:
 {{- if and .Values.approvals.forbidSelfApproval (not (and .Values.admission.enabled .Values.admission.mutatingPolicies)) }}
 {{- fail "approvals.forbidSelfApproval needs admission.enabled and admission.mutatingPolicies: the AgentTask's creator is recorded by a MutatingAdmissionPolicy" }}
 {{- end }}
-{{- if and .Values.store.shareWithSteps (not .Values.store.existingSecret) }}
-{{- fail "store.shareWithSteps needs store.existingSecret: step pods read the DSN from that Secret" }}
-{{- end }}
 {{- end }}

@@ -38,6 +38,10 @@ cluster, by a Role in each watched namespace otherwise.
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch]
+# A step result over 4 KiB is the last line of its pod's log (steps hold no store access).
+- apiGroups: [""]
+  resources: [pods/log]
+  verbs: [get]
 - apiGroups: [""]
   resources: [events]
   verbs: [create]

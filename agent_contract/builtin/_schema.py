@@ -1,4 +1,4 @@
-"""Pieces of the tools' JSON schemas, so every tool refuses unknown params the same way."""
+"""Pieces of the built-in tools' schemas, so every tool refuses unknown params the same way."""
 
 from __future__ import annotations
 

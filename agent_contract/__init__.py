@@ -1,0 +1,55 @@
+"""The contract between the operator and the step runtime.
+
+Both `agent_operator` and `agent_runtime` import this package, and neither imports the
+other: the step's invocation and result, their size limits and environment names
+(`agent_contract.step`), and tool metadata with the risk rules (`agent_contract.tool`,
+the built-ins' specs in `agent_contract.builtin`).
+"""
+
+from __future__ import annotations
+
+from agent_contract.step import (
+    API_KEY_ENV,
+    DEFAULT_TERMINATION_PATH,
+    MAX_PARAMS_BYTES,
+    MAX_RESULT_BYTES,
+    MESSAGE_LIMIT,
+    STEP_ENV,
+    TERMINATION_PATH_ENV,
+    ModelSettings,
+    StepInvocation,
+    StepResult,
+    Usage,
+    full_result,
+    params_problem,
+)
+from agent_contract.tool import (
+    SPEC_ENTRY_POINT_GROUP,
+    RiskLevel,
+    RiskRule,
+    ToolRegistry,
+    ToolSpec,
+    published,
+)
+
+__all__ = [
+    "API_KEY_ENV",
+    "DEFAULT_TERMINATION_PATH",
+    "MAX_PARAMS_BYTES",
+    "MAX_RESULT_BYTES",
+    "MESSAGE_LIMIT",
+    "SPEC_ENTRY_POINT_GROUP",
+    "STEP_ENV",
+    "TERMINATION_PATH_ENV",
+    "ModelSettings",
+    "RiskLevel",
+    "RiskRule",
+    "StepInvocation",
+    "StepResult",
+    "ToolRegistry",
+    "ToolSpec",
+    "Usage",
+    "full_result",
+    "params_problem",
+    "published",
+]

@@ -1,0 +1,164 @@
+"""Tool metadata: what a step may call, how risky it is, and what it needs.
+
+The operator validates plans against these specs and the runtime checks each step against
+the same ones before it runs the tool bound to it (`agent_runtime.registry`), so both sides
+agree on every rule while the operator never loads a tool's implementation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from importlib.metadata import entry_points
+from typing import Any, TypeVar
+
+from jsonschema import Draft202012Validator, ValidationError
+
+__all__ = [
+    "SPEC_ENTRY_POINT_GROUP",
+    "RiskLevel",
+    "RiskRule",
+    "ToolRegistry",
+    "ToolSpec",
+    "published",
+]
+
+# Custom tools publish their ToolSpec (or a list of them, or a callable returning either)
+# here, for the operator; the runtime's implementations go to `agent_runtime.tools`.
+SPEC_ENTRY_POINT_GROUP = "agent_contract.tools"
+
+
+class RiskLevel(StrEnum):
+    """How much harm a tool can do, lowest first."""
+
+    safe = "safe"
+    low = "low"
+    medium = "medium"
+    high = "high"
+    critical = "critical"
+
+    @property
+    def rank(self) -> int:
+        return list(RiskLevel).index(self)
+
+    def __ge__(self, other: object) -> bool:
+        if not isinstance(other, RiskLevel):
+            return NotImplemented
+        return self.rank >= other.rank
+
+    def __gt__(self, other: object) -> bool:
+        if not isinstance(other, RiskLevel):
+            return NotImplemented
+        return self.rank > other.rank
+
+    def __le__(self, other: object) -> bool:
+        if not isinstance(other, RiskLevel):
+            return NotImplemented
+        return self.rank <= other.rank
+
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, RiskLevel):
+            return NotImplemented
+        return self.rank < other.rank
+
+
+RiskRule = Callable[[dict[str, Any], "ToolRegistry"], RiskLevel]
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A tool as plans and policies see it: name, params schema, risk, needs, timeout."""
+
+    name: str
+    description: str
+    params_schema: dict[str, Any]
+    risk: RiskLevel
+    capabilities: frozenset[str] = frozenset()
+    timeout_seconds: float = 300.0
+    # The risk of one call when it depends on the params (an HTTP GET is safer than a POST);
+    # `risk` stays the worst case for callers that cannot look at params.
+    risk_for: RiskRule | None = None
+
+    def effective_risk(self, params: dict[str, Any], registry: ToolRegistry) -> RiskLevel:
+        """The risk of calling this tool with `params` (the safety policy's input)."""
+        return self.risk if self.risk_for is None else self.risk_for(params, registry)
+
+    def param_errors(self, params: Any, skip: Callable[[Any], bool] = lambda _: False) -> list[str]:
+        """Every way `params` break the tool's schema, one line each, naming the field.
+
+        `skip` drops errors about values that cannot be judged yet (placeholders
+        filled in at run time).
+        """
+        validator = Draft202012Validator(self.params_schema)
+        errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
+        return [_describe(error) for error in errors if not skip(error.instance)]
+
+
+def _describe(error: ValidationError) -> str:
+    """`params.a[0].b: message`, with the allowed names when a property is unexpected."""
+    path = "params" + "".join(
+        f"[{part}]" if isinstance(part, int) else f".{part}" for part in error.absolute_path
+    )
+    message = str(error.message)
+    if error.validator == "additionalProperties" and isinstance(error.schema, Mapping):
+        allowed = sorted(error.schema.get("properties", {}))
+        message += f" (allowed: {', '.join(allowed) or 'none'})"
+    return f"{path}: {message}"
+
+
+class ToolRegistry:
+    """Tool specs by name: the built-ins plus those published through entry points."""
+
+    def __init__(self, specs: Iterable[ToolSpec] = ()) -> None:
+        self._specs: dict[str, ToolSpec] = {}
+        for spec in specs:
+            self.register(spec)
+
+    def register(self, spec: ToolSpec) -> None:
+        if spec.name in self._specs:
+            raise ValueError(f"tool {spec.name!r} is registered twice")
+        self._specs[spec.name] = spec
+
+    def get(self, name: str) -> ToolSpec | None:
+        return self._specs.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._specs)
+
+    def __iter__(self) -> Iterator[ToolSpec]:
+        return iter(self._specs[name] for name in self.names())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._specs
+
+    @classmethod
+    def default(cls) -> ToolRegistry:
+        """The built-in specs and every spec published under `SPEC_ENTRY_POINT_GROUP`."""
+        from agent_contract.builtin import builtin_specs
+
+        return cls([*builtin_specs(), *published(SPEC_ENTRY_POINT_GROUP, ToolSpec)])
+
+
+T = TypeVar("T")
+
+
+def published(group: str, kind: type[T]) -> list[T]:
+    """The objects of `kind` that installed packages publish under an entry-point `group`.
+
+    An entry point names one object, a list of them, or a callable returning either.
+    """
+    found: list[T] = []
+    for entry in entry_points(group=group):
+        loaded = entry.load()
+        if callable(loaded) and not isinstance(loaded, kind):
+            loaded = loaded()
+        items = loaded if isinstance(loaded, Iterable) else [loaded]
+        for item in items:
+            if not isinstance(item, kind):
+                raise TypeError(
+                    f"entry point {entry.name} = {entry.value} in group {group} gives "
+                    f"{type(item).__name__}, not a {kind.__name__}"
+                )
+            found.append(item)
+    return found
