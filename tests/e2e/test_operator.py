@@ -714,6 +714,29 @@ def test_scaling_the_pool_changes_how_many_steps_run_at_once(
     assert len(jobs_of(kubectl, namespace, uid)) == 4
 
 
+def test_tasks_arriving_together_never_run_more_steps_than_the_pool_allows(
+    operator: OperatorProcess, kubectl: Kubectl, namespace: str
+) -> None:
+    """Issue 9.15: fifty one-step tasks applied together on a pool of 5 gave 9 to 11 step
+    pods at once: concurrent passes counted the same free slot."""
+    apply_yaml(kubectl, namespace, pool("pair", replicas=2))
+    nap = [{"id": "nap", "tool": "sleep", "params": {"seconds": 2}}]
+    names = [f"crowd-{n}" for n in range(10)]
+    apply_yaml(kubectl, namespace, *(task(n, nap, poolRef={"name": "pair"}) for n in names))
+    most_active = 0
+
+    def all_succeeded() -> bool:
+        nonlocal most_active
+        jobs = json.loads(kubectl("get", "jobs", "-n", namespace, "-o", "json").stdout)["items"]
+        most_active = max(most_active, sum(1 for j in jobs if not job_done(j)))
+        tasks = json.loads(kubectl("get", "at", "-n", namespace, "-o", "json").stdout)["items"]
+        phases = [t.get("status", {}).get("phase") for t in tasks]
+        return len(phases) == len(names) and all(p == "Succeeded" for p in phases)
+
+    eventually(all_succeeded, TASK_SECONDS, "every task to succeed", every=0.2)
+    assert 1 <= most_active <= 2, f"{most_active} step Jobs ran at once on a pool of 2"
+
+
 def test_operator_serves_health_and_metrics(operator: OperatorProcess) -> None:
     """Its liveness endpoint on AGENT_OPERATOR_HEALTH_PORT; Prometheus metrics on its port."""
     connection = http.client.HTTPConnection("127.0.0.1", operator.health_port, timeout=5)
