@@ -91,7 +91,12 @@ def load_documents(path: Path) -> tuple[AgentTask, AgentPool | None]:
         if kind not in ("AgentTask", "AgentPool"):
             expected = "expected AgentTask or AgentPool"
             raise BadInput(f"{path}: document {number} has kind {kind!r}; {expected}")
-        name = str((doc.get("metadata") or {}).get("name", f"document {number}"))
+        metadata = doc.get("metadata")
+        name = str(
+            metadata.get("name", f"document {number}")
+            if isinstance(metadata, dict)
+            else f"document {number}"
+        )
         try:
             if kind == "AgentTask":
                 tasks.append(AgentTask.model_validate(doc))
@@ -143,21 +148,26 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     task, pool = load_documents(Path(args.file))
     pool = pool or default_pool(task.metadata.namespace)
     registry = ToolRegistry.default()
-    if args.dry_run:
-        task.metadata.uid = "dry-run"
-        decision = decide(
-            Observed(task=task, now=datetime.now(UTC), pool=pool.spec, registry=registry)
+    # Every run is checked first as a dry run is: a spec the core refuses is bad input.
+    checked = decide(
+        Observed(
+            task=task.model_copy(
+                update={"metadata": task.metadata.model_copy(update={"uid": "dry-run"})}
+            ),
+            now=datetime.now(UTC),
+            pool=pool.spec,
+            registry=registry,
         )
-        task = task.model_copy(update={"status": decision.status})
-        if decision.status.phase == TaskPhase.failed:
-            print(f"the plan is not valid: {decision.status.message}", file=out)
-            return EXIT_BAD_INPUT
-        if task.status.plan is None:
+    )
+    if checked.status.phase == TaskPhase.failed:
+        raise BadInput(f"the plan is not valid: {checked.status.message}")
+    if args.dry_run:
+        if checked.status.plan is None:
             print(
                 "dry run: this task has a goal; its plan comes from the LLM when it runs", file=out
             )
             return EXIT_OK
-        _print_plan(task, out)
+        _print_plan(task.model_copy(update={"status": checked.status}), out)
         return EXIT_OK
     store = Store.open(args.dsn)
     try:
