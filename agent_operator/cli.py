@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -24,7 +24,7 @@ from agent_operator.embedded import (
     terminal_approver,
 )
 from agent_operator.local import LocalExecutor
-from agent_operator.store import Store, StoreError, default_sqlite_path
+from agent_operator.store import DEFAULT_RETENTION_DAYS, Store, StoreError, default_sqlite_path
 from agent_runtime.registry import ToolRegistry
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -171,6 +171,8 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         return EXIT_OK
     store = Store.open(args.dsn)
     try:
+        if args.retention_days:
+            store.forget_ended(datetime.now(UTC) - timedelta(days=args.retention_days))
         runs: list[StepRun] = []
         if args.resume:
             previous = store.latest_task(task.metadata.namespace, task.metadata.name)
@@ -228,6 +230,12 @@ def parser() -> argparse.ArgumentParser:
         "--dsn",
         default=os.environ.get("AGENT_OPERATOR_DSN"),
         help="checkpoint store (default: SQLite)",
+    )
+    run_cmd.add_argument(
+        "--retention-days",
+        type=float,
+        default=os.environ.get("AGENT_OPERATOR_RETENTION_DAYS", str(DEFAULT_RETENTION_DAYS)),
+        help="delete the store's history of tasks that ended longer ago (0: keep everything)",
     )
     run_cmd.add_argument(
         "--workdir", default=str(default_sqlite_path().parent / "runs"), help="where step logs go"

@@ -256,3 +256,21 @@ def test_the_terminal_prompt_shows_the_step_and_approves_only_on_yes() -> None:
     assert "step 'rotate' wants to run shell (high risk)" in prompts[0]
     assert "runs commands" in prompts[0]
     assert "hunter2" not in prompts[0]
+
+
+def test_a_run_deletes_the_history_of_tasks_that_ended_before_the_retention(
+    tmp_path: Path,
+) -> None:
+    spec = {"steps": [{"id": "a", "tool": "noop"}]}
+    first = agent_operator(tmp_path, "-f", write_task(tmp_path, task_doc("first", spec)))
+    assert first.returncode == 0, first.stdout + first.stderr
+    with Store.open(dsn(tmp_path)) as store:
+        ended = only_task(store)
+    # A retention of a millisecond: the first task, which ended just now, is already past it.
+    second = agent_operator(
+        tmp_path, "-f", write_task(tmp_path, task_doc("second", spec)), "--retention-days=1e-8"
+    )
+    assert second.returncode == 0, second.stdout + second.stderr
+    with Store.open(dsn(tmp_path)) as store:
+        assert store.task(ended) is None and store.events(ended) == []
+        assert store.latest_task("default", "second") is not None

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import kopf
@@ -29,12 +30,13 @@ from agent_operator.kube.reconciler import (
     TaskLoop,
 )
 from agent_operator.kube.settings import OperatorSettings
-from agent_operator.store import StoreUnavailable
+from agent_operator.store import StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 FINALIZER = "agentoperator.io/finalizer"
 POOL_STATUS_SECONDS = 5.0
+RETENTION_SWEEP_SECONDS = 3600.0
 
 
 def _api_client() -> client.ApiClient:
@@ -302,3 +304,39 @@ def pool_status(
     changed = {k: v for k, v in wanted.items() if status.get(k) != v}
     if changed:
         patch.status.update(changed)
+
+
+@kopf.on.startup()
+async def start_forgetting(memo: kopf.Memo, **_: Any) -> None:
+    """Bound the store: at start and every hour, delete the history of the tasks that ended
+    longer ago than settings.retention_days (0 keeps everything)."""
+    memo["forgetting"] = asyncio.create_task(_forget_ended(memo))
+
+
+@kopf.on.cleanup()
+async def stop_forgetting(memo: kopf.Memo, **_: Any) -> None:
+    forgetting: asyncio.Task[None] | None = memo.get("forgetting")
+    if forgetting is not None:
+        forgetting.cancel()
+
+
+async def _forget_ended(memo: kopf.Memo) -> None:
+    while True:
+        ctx: OperatorContext | None = memo.get("ctx")
+        days = ctx.settings.retention_days if ctx is not None else 0
+        if ctx is not None and days:
+            before = datetime.now(UTC) - timedelta(days=days)
+            try:
+                forgotten = await asyncio.to_thread(_forget_before, ctx, before)
+            except StoreError as error:  # unreachable now: the next sweep tries again
+                log.warning("could not delete the history of ended tasks: %s", error)
+            else:
+                if forgotten:
+                    log.info(
+                        "deleted the history of %d tasks that ended before %s", forgotten, before
+                    )
+        await asyncio.sleep(RETENTION_SWEEP_SECONDS)
+
+
+def _forget_before(ctx: OperatorContext, before: datetime) -> int:
+    return ctx.store().forget_ended(before)
