@@ -248,6 +248,7 @@ class AgentTaskSpec(ApiModel):
                     "&& self.steps.map(s, s.id) == oldSelf.steps.map(s, s.id)))",
                     "message": "the plan cannot be changed once the task is created; "
                     "create a new AgentTask",
+                    "fieldPath": ".steps",  # the error names spec.steps, not spec
                 },
             ]
         }

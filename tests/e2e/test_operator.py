@@ -222,6 +222,18 @@ INVALID: dict[str, tuple[Callable[[dict[str, Any]], None], list[str], list[str]]
         [],
         ["spec.safety.level", 'Unsupported value: "reckless"', '"strict"'],
     ),
+    "window-without-days": (
+        lambda t: t["spec"].update(
+            safety={"criticalWindow": {"start": "09:00", "end": "10:00", "days": []}}
+        ),
+        [],
+        ["spec.safety.criticalWindow.days", "should have at least 1 items"],
+    ),
+    "approval-timeout-beyond-a-year": (
+        lambda t: t["spec"].update(safety={"approvalTimeoutSeconds": 10**12}),
+        [],
+        ["spec.safety.approvalTimeoutSeconds", "should be less than or equal to 31622400"],
+    ),
 }
 
 
@@ -253,6 +265,7 @@ def test_steps_cannot_change_after_creation(
         check=False,
     )  # fmt: skip
     assert refused.returncode != 0
+    assert "spec.steps: Invalid value" in refused.stderr  # the field, not all of spec
     assert "the plan cannot be changed once the task is created" in refused.stderr
     added = {"spec": {"steps": [{"id": "first", "tool": "noop"}, {"id": "more", "tool": "noop"}]}}
     refused = kubectl(
