@@ -17,6 +17,7 @@ from agent_operator.core.decide import Event, EventKind
 from agent_operator.kube import metrics
 from agent_operator.kube.cache import LabelledCache, Obj
 from agent_operator.kube.cluster import Cluster
+from agent_operator.kube.kopf_state import TaskFreeDiffBase
 from agent_operator.kube.manifests import (
     LABEL_POOL,
     LABEL_TASK_UID,
@@ -84,6 +85,7 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     operator = memo.get("settings") or OperatorSettings.from_env()
     settings.persistence.finalizer = FINALIZER
+    settings.persistence.diffbase_storage = TaskFreeDiffBase()
     settings.posting.level = logging.INFO
     settings.peering.standalone = not operator.peering
     api = _api_client()

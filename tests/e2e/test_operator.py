@@ -606,6 +606,36 @@ def test_deleting_a_running_task_removes_its_jobs_and_pods(
     assert rows == [("Cancelled", "Cancelled")]
 
 
+# The largest spec: Kopf keeps no copy of an AgentTask's spec (kube/kopf_state.py), so what
+# bounds it is the API server's limit on a whole object (spec and status together), which
+# etcd sets at 1.5 MiB by default. A mebibyte of spec is four times what a copy in Kopf's
+# annotation (256 KiB for all annotations) allowed.
+LARGE_SPEC_BYTES = 1024 * 1024
+
+
+def test_a_task_with_a_mebibyte_of_spec_runs_and_is_deleted(
+    operator: OperatorProcess, kubectl: Kubectl, namespace: str
+) -> None:
+    apply_yaml(kubectl, namespace, pool("default"))
+    blob = {"blob": "x" * LARGE_SPEC_BYTES}
+    large = task("large", [{"id": "only", "tool": "noop"}], inputs=blob)
+    # `kubectl create`, not a client-side `kubectl apply`: that keeps its own copy of the
+    # object in an annotation (use `kubectl apply --server-side` for large tasks).
+    kubectl("create", "-n", namespace, "-f", "-", input=json.dumps(large))
+    expect_phase(finished(kubectl, namespace, "large"), "Succeeded")
+    annotations = get(kubectl, "at", "large", namespace)["metadata"]["annotations"]
+    assert sum(len(k) + len(v) for k, v in annotations.items()) < 4096, annotations
+    # Returns once the finalizer is removed and the object is gone.
+    kubectl("delete", "agenttask", "large", "-n", namespace, "--timeout=60s")
+    assert kubectl("get", "at", "-n", namespace, "-o", "name").stdout == ""
+
+    too_large = task("too-large", [{"id": "only", "tool": "noop"}], inputs={"blob": "x" * 2**21})
+    refused = kubectl(
+        "create", "-n", namespace, "-f", "-", input=json.dumps(too_large), check=False
+    )
+    assert refused.returncode != 0 and "request is too large" in refused.stderr, refused.stderr
+
+
 def test_operator_killed_mid_task_carries_on_without_running_a_step_twice(
     operator: OperatorProcess, kubectl: Kubectl, namespace: str
 ) -> None:

@@ -92,3 +92,18 @@ def test_the_operator_deletes_the_history_of_tasks_that_ended_before_the_retenti
             )
         assert store.events("uid-ended") == []
         assert store.task("uid-running") is not None and store.events("uid-running") != []
+
+
+def test_kopf_keeps_no_copy_of_a_task_spec_on_the_task(
+    cluster: Emulated, operator: kopf.Memo
+) -> None:
+    # The API server allows 256 KiB of annotations in all: a copy of a large spec there made
+    # every Kopf patch of the task fail, the finalizer's removal too.
+    marker = "x" * 1000
+    step = {"id": "only", "tool": "noop", "params": {"outputs": {"text": marker}}}
+    cluster.create("agenttasks", agent_task("big", {"steps": [step]}))
+    cluster.finish_job(wait_job(cluster, "only"), succeeded({"text": "done"}))
+    wait_phase(cluster, "big", "Succeeded")
+    annotations = cluster.get("agenttasks", "big")["metadata"].get("annotations", {})
+    assert annotations, "Kopf keeps its diff base in an annotation"
+    assert not any(marker in value for value in annotations.values()), annotations
