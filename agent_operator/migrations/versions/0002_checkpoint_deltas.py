@@ -1,4 +1,5 @@
-"""Checkpoints keep what changed: a JSON Patch against the previous checkpoint.
+"""Checkpoints keep what changed (a JSON Patch against the previous checkpoint); tasks are
+indexed by when they last changed, for the retention cleanup.
 
 Revision ID: 0002
 Revises: 0001
@@ -46,9 +47,11 @@ def upgrade() -> None:
         batch.alter_column("base", existing_type=sa.Boolean(), nullable=False)
         batch.alter_column("delta", existing_type=_json(), nullable=False)
         batch.drop_column("snapshot")
+    op.create_index("ix_tasks_updated_at", "tasks", ["updated_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_tasks_updated_at", "tasks")
     with op.batch_alter_table("checkpoints") as batch:
         batch.add_column(sa.Column("snapshot", _json()))
     table = sa.table(
