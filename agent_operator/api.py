@@ -21,6 +21,8 @@ VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 
 STEP_ID_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# Durations the core adds to a time: bounded, so that no sum leaves the calendar.
+MAX_DURATION_SECONDS = 366 * 24 * 3600
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
 FreeForm = Annotated[
@@ -137,7 +139,9 @@ class TimeWindow(ApiModel):
         description="Closing time, HH:MM UTC; before start: the window spans midnight.",
     )
     days: list[Weekday] = Field(
-        default_factory=lambda: list(Weekday), description="Weekdays the window opens on."
+        default_factory=lambda: list(Weekday),
+        min_length=1,
+        description="Weekdays the window opens on (at least one).",
     )
 
 
@@ -198,7 +202,10 @@ class Safety(ApiModel):
         default=None, description="If set, critical steps start only inside this window."
     )
     approval_timeout_seconds: int = Field(
-        default=3600, ge=1, description="How long an approval request stays open."
+        default=3600,
+        ge=1,
+        le=MAX_DURATION_SECONDS,
+        description="How long an approval request stays open (at most a year).",
     )
 
 
@@ -214,7 +221,10 @@ class Limits(ApiModel):
         default=None, alias="maxCostUSD", ge=0, description="LLM cost budget in US dollars."
     )
     active_deadline_seconds: int | None = Field(
-        default=None, ge=1, description="Wall-clock limit for the whole task."
+        default=None,
+        ge=1,
+        le=MAX_DURATION_SECONDS,
+        description="Wall-clock limit for the whole task (at most a year).",
     )
     backoff_seconds: float = Field(
         default=10, ge=0, le=3600, description="First retry delay; doubles each attempt (max 10m)."
@@ -238,6 +248,7 @@ class AgentTaskSpec(ApiModel):
                     "&& self.steps.map(s, s.id) == oldSelf.steps.map(s, s.id)))",
                     "message": "the plan cannot be changed once the task is created; "
                     "create a new AgentTask",
+                    "fieldPath": ".steps",  # the error names spec.steps, not spec
                 },
             ]
         }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -26,7 +26,7 @@ from agent_operator.embedded import (
     terminal_approver,
 )
 from agent_operator.local import LocalExecutor
-from agent_operator.store import Store, StoreError, default_sqlite_path
+from agent_operator.store import DEFAULT_RETENTION_DAYS, Store, StoreError, default_sqlite_path
 
 DSN_ENV = "AGENT_OPERATOR_DSN"
 
@@ -94,7 +94,12 @@ def load_documents(path: Path) -> tuple[AgentTask, AgentPool | None]:
         if kind not in ("AgentTask", "AgentPool"):
             expected = "expected AgentTask or AgentPool"
             raise BadInput(f"{path}: document {number} has kind {kind!r}; {expected}")
-        name = str((doc.get("metadata") or {}).get("name", f"document {number}"))
+        metadata = doc.get("metadata")
+        name = str(
+            metadata.get("name", f"document {number}")
+            if isinstance(metadata, dict)
+            else f"document {number}"
+        )
         try:
             if kind == "AgentTask":
                 tasks.append(AgentTask.model_validate(doc))
@@ -146,24 +151,31 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     task, pool = load_documents(Path(args.file))
     pool = pool or default_pool(task.metadata.namespace)
     registry = ToolRegistry.default()
-    if args.dry_run:
-        task.metadata.uid = "dry-run"
-        decision = decide(
-            Observed(task=task, now=datetime.now(UTC), pool=pool.spec, registry=registry)
+    # Every run is checked first as a dry run is: a spec the core refuses is bad input.
+    checked = decide(
+        Observed(
+            task=task.model_copy(
+                update={"metadata": task.metadata.model_copy(update={"uid": "dry-run"})}
+            ),
+            now=datetime.now(UTC),
+            pool=pool.spec,
+            registry=registry,
         )
-        task = task.model_copy(update={"status": decision.status})
-        if decision.status.phase == TaskPhase.failed:
-            print(f"the plan is not valid: {decision.status.message}", file=out)
-            return EXIT_BAD_INPUT
-        if task.status.plan is None:
+    )
+    if checked.status.phase == TaskPhase.failed:
+        raise BadInput(f"the plan is not valid: {checked.status.message}")
+    if args.dry_run:
+        if checked.status.plan is None:
             print(
                 "dry run: this task has a goal; its plan comes from the LLM when it runs", file=out
             )
             return EXIT_OK
-        _print_plan(task, out)
+        _print_plan(task.model_copy(update={"status": checked.status}), out)
         return EXIT_OK
     store = Store.open(args.dsn)
     try:
+        if args.retention_days:
+            store.forget_ended(datetime.now(UTC) - timedelta(days=args.retention_days))
         if args.resume:
             previous = store.latest_task(task.metadata.namespace, task.metadata.name)
             if previous is None:
@@ -226,6 +238,12 @@ def parser() -> argparse.ArgumentParser:
         "--dsn",
         default=os.environ.get(DSN_ENV),
         help="checkpoint store (default: SQLite)",
+    )
+    run_cmd.add_argument(
+        "--retention-days",
+        type=float,
+        default=os.environ.get("AGENT_OPERATOR_RETENTION_DAYS", str(DEFAULT_RETENTION_DAYS)),
+        help="delete the store's history of tasks that ended longer ago (0: keep everything)",
     )
     run_cmd.add_argument(
         "--workdir", default=str(default_sqlite_path().parent / "runs"), help="where step logs go"

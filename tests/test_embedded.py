@@ -177,7 +177,35 @@ def test_bad_input_names_the_field_and_exits_2(tmp_path: Path) -> None:
     assert result.returncode == 2 and "is not valid YAML" in result.stderr
     spec = {"steps": [{"id": "a", "tool": "rm-rf"}]}
     result = agent_operator(tmp_path, "-f", write_task(tmp_path, task_doc("bad", spec)))
-    assert result.returncode == 1 and "unknown tool 'rm-rf'" in result.stdout
+    assert result.returncode == 2 and "unknown tool 'rm-rf'" in result.stderr
+
+
+def test_a_safety_policy_the_core_cannot_use_is_bad_input_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    shell = {"id": "a", "tool": "shell", "params": {"command": "true"}}
+    refused = {
+        "criticalWindow.days: List should have at least 1 item": {
+            "criticalWindow": {"start": "09:00", "end": "10:00", "days": []}
+        },
+        "criticalWindow: start and end are both 09:00; the window never opens": {
+            "criticalWindow": {"start": "09:00", "end": "09:00"}
+        },
+        "approvalTimeoutSeconds: Input should be less than or equal to 31622400": {
+            "approvalTimeoutSeconds": 10**12
+        },
+    }
+    for message, safety in refused.items():
+        spec = {"steps": [shell], "safety": safety}
+        path = write_task(tmp_path, task_doc("unsafe", spec))
+        result = agent_operator(tmp_path, "-f", path, "--approve-all")
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert f"spec.safety.{message}" in result.stderr
+        assert "Traceback" not in result.stderr
+    doc = {**task_doc("odd", {"goal": "g"}), "metadata": "odd"}
+    result = agent_operator(tmp_path, "-f", write_task(tmp_path, doc))
+    assert result.returncode == 2 and "metadata" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_resume_continues_after_the_runner_was_killed_without_rerunning_done_steps(
@@ -246,3 +274,21 @@ def test_the_terminal_prompt_shows_the_step_and_approves_only_on_yes() -> None:
     assert "step 'rotate' wants to run shell (high risk)" in prompts[0]
     assert "runs commands" in prompts[0]
     assert "hunter2" not in prompts[0]
+
+
+def test_a_run_deletes_the_history_of_tasks_that_ended_before_the_retention(
+    tmp_path: Path,
+) -> None:
+    spec = {"steps": [{"id": "a", "tool": "noop"}]}
+    first = agent_operator(tmp_path, "-f", write_task(tmp_path, task_doc("first", spec)))
+    assert first.returncode == 0, first.stdout + first.stderr
+    with Store.open(dsn(tmp_path)) as store:
+        ended = only_task(store)
+    # A retention of a millisecond: the first task, which ended just now, is already past it.
+    second = agent_operator(
+        tmp_path, "-f", write_task(tmp_path, task_doc("second", spec)), "--retention-days=1e-8"
+    )
+    assert second.returncode == 0, second.stdout + second.stderr
+    with Store.open(dsn(tmp_path)) as store:
+        assert store.task(ended) is None and store.events(ended) == []
+        assert store.latest_task("default", "second") is not None

@@ -7,7 +7,7 @@ from graphlib import CycleError, TopologicalSorter
 
 from agent_contract import ToolRegistry, ToolSpec, Usage, params_problem
 from agent_operator.api import AgentPoolSpec, AgentTaskSpec, PlannedStep, Step
-from agent_operator.core.safety import assess
+from agent_operator.core.safety import assess, policy_problems
 from agent_operator.core.templating import (
     WhenError,
     check_condition,
@@ -97,9 +97,9 @@ def build_plan(
     steps: list[Step], spec: AgentTaskSpec, pool: AgentPoolSpec, registry: ToolRegistry
 ) -> list[PlannedStep]:
     """Validate the steps and attach dependencies, timeouts and risk; raise InvalidPlan."""
-    problems: list[str] = []
     if not steps:
         raise InvalidPlan(["the plan has no steps"])
+    problems = policy_problems(spec.safety, registry)
     if len(steps) > spec.limits.max_steps:
         problems.append(
             f"the plan has {len(steps)} steps; spec.limits.maxSteps allows {spec.limits.max_steps}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from agent_contract import RiskLevel, ToolSpec
+from agent_contract import RiskLevel, ToolRegistry, ToolSpec
 from agent_operator.api import RiskAssessment, Safety, SafetyLevel, Step, TimeWindow
 from agent_operator.core.templating import _strings
 
@@ -81,6 +81,26 @@ def assess(
     return RiskAssessment(
         level=level, requires_approval=bool(reasons), risks=risks, mitigations=mitigations
     )
+
+
+def policy_problems(safety: Safety, registry: ToolRegistry) -> list[str]:
+    """What in spec.safety the policy cannot act on: an approval rule that names neither a
+    tool nor a risk level (a typo would silently drop the approval), a window that never
+    opens (its critical steps would wait forever; the CRD's rule refuses it in a cluster,
+    the embedded runner has only this check)."""
+    problems = [
+        f"spec.safety.requireApprovalFor[{index}]: {entry!r} is neither a risk level "
+        f"({', '.join(RiskLevel)}) nor a known tool ({', '.join(registry.names())})"
+        for index, entry in enumerate(safety.require_approval_for)
+        if entry not in RiskLevel.__members__ and registry.get(entry) is None
+    ]
+    window = safety.critical_window
+    if window is not None and window.start == window.end:
+        problems.append(
+            f"spec.safety.criticalWindow: start and end are both {window.start}; "
+            "the window never opens"
+        )
+    return problems
 
 
 def _minutes(hhmm: str) -> int:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import kopf
@@ -17,6 +18,7 @@ from agent_operator.driver import BackOff
 from agent_operator.kube import metrics
 from agent_operator.kube.cache import LabelledCache, Obj
 from agent_operator.kube.cluster import Cluster
+from agent_operator.kube.kopf_state import TaskFreeDiffBase
 from agent_operator.kube.manifests import (
     LABEL_POOL,
     LABEL_TASK_UID,
@@ -31,6 +33,7 @@ from agent_operator.kube.reconciler import (
     TaskLoop,
 )
 from agent_operator.kube.settings import OperatorSettings
+from agent_operator.store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,7 @@ FINALIZER = "agentoperator.io/finalizer"
 POOL_STATUS_SECONDS = 5.0
 CACHE_READY_SECONDS = 30.0
 DAEMON_EXIT_SECONDS = 10.0
+RETENTION_SWEEP_SECONDS = 3600.0
 
 
 def _api_client() -> client.ApiClient:
@@ -85,6 +89,7 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     operator = memo.get("settings") or OperatorSettings.from_env()
     settings.persistence.finalizer = FINALIZER
+    settings.persistence.diffbase_storage = TaskFreeDiffBase()
     settings.posting.level = logging.INFO
     settings.peering.standalone = not operator.peering
     # A deleted task's daemon finishes the pass it is in before it exits; let Kopf wait for
@@ -320,3 +325,39 @@ def pool_status(
     changed = {k: v for k, v in wanted.items() if status.get(k) != v}
     if changed:
         patch.status.update(changed)
+
+
+@kopf.on.startup()
+async def start_forgetting(memo: kopf.Memo, **_: Any) -> None:
+    """Bound the store: at start and every hour, delete the history of the tasks that ended
+    longer ago than settings.retention_days (0 keeps everything)."""
+    memo["forgetting"] = asyncio.create_task(_forget_ended(memo))
+
+
+@kopf.on.cleanup()
+async def stop_forgetting(memo: kopf.Memo, **_: Any) -> None:
+    forgetting: asyncio.Task[None] | None = memo.get("forgetting")
+    if forgetting is not None:
+        forgetting.cancel()
+
+
+async def _forget_ended(memo: kopf.Memo) -> None:
+    while True:
+        ctx: OperatorContext | None = memo.get("ctx")
+        days = ctx.settings.retention_days if ctx is not None else 0
+        if ctx is not None and days:
+            before = datetime.now(UTC) - timedelta(days=days)
+            try:
+                forgotten = await asyncio.to_thread(_forget_before, ctx, before)
+            except StoreError as error:  # unreachable now: the next sweep tries again
+                log.warning("could not delete the history of ended tasks: %s", error)
+            else:
+                if forgotten:
+                    log.info(
+                        "deleted the history of %d tasks that ended before %s", forgotten, before
+                    )
+        await asyncio.sleep(RETENTION_SWEEP_SECONDS)
+
+
+def _forget_before(ctx: OperatorContext, before: datetime) -> int:
+    return ctx.store().forget_ended(before)

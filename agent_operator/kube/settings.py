@@ -8,6 +8,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
+from agent_operator.store import DEFAULT_RETENTION_DAYS
+
 
 class LogFormat(StrEnum):
     plain = "plain"
@@ -32,6 +34,11 @@ class OperatorSettings(BaseModel):
         default=2.0, description="Retry delay after a failed Kubernetes API call."
     )
     idle_requeue_seconds: float = Field(default=60.0, description="Longest wait between looks.")
+    retention_days: float = Field(
+        default=DEFAULT_RETENTION_DAYS,
+        ge=0,
+        description="Days the store keeps the history of a task after it ended; 0: forever.",
+    )
     workers: int = Field(
         default=16,
         ge=1,
@@ -50,4 +57,7 @@ class OperatorSettings(BaseModel):
             log_format=LogFormat(env.get("AGENT_OPERATOR_LOG_FORMAT", "plain")),
             peering=env.get("AGENT_OPERATOR_PEERING", "false").lower() in ("1", "true", "yes"),
             workers=int(env.get("AGENT_OPERATOR_WORKERS", "16")),
+            retention_days=float(
+                env.get("AGENT_OPERATOR_RETENTION_DAYS", str(DEFAULT_RETENTION_DAYS))
+            ),
         )

@@ -33,7 +33,9 @@ from sqlalchemy import (
     Result,
     and_,
     create_engine,
+    delete,
     event,
+    func,
     make_url,
     or_,
     select,
@@ -54,11 +56,13 @@ from sqlalchemy.sql.elements import KeyedColumnElement
 from agent_contract import Usage
 from agent_operator.api import TaskPhase
 from agent_operator.core.decide import RunState, StepRun
+from agent_operator.core.patch import apply_json_patch, json_patch
 from agent_operator.redact import redact, redact_text
 from agent_operator.store.migrate import upgrade_schema
 from agent_operator.store.records import (
     AttemptRecord,
     CheckpointRecord,
+    CheckpointRow,
     EventKind,
     EventRecord,
     StoreError,
@@ -68,6 +72,7 @@ from agent_operator.store.records import (
 from agent_operator.store.tables import Base, Checkpoint, Event, StepAttempt, Task
 
 __all__ = [
+    "DEFAULT_RETENTION",
     "AttemptRecord",
     "CheckpointRecord",
     "EventKind",
@@ -86,6 +91,12 @@ log = logging.getLogger(__name__)
 ENDED = [phase.value for phase in TaskPhase if phase.terminal]  # a task in these stays there
 
 DEFAULT_CONNECT_TIMEOUT = 5
+# Every this many checkpoints of a task, one holds the whole status (see `Checkpoint`).
+BASE_EVERY = 20
+# Ended tasks deleted per transaction by `forget_ended`.
+FORGET_BATCH = 500
+# Days the history of an ended task is kept unless configured (AGENT_OPERATOR_RETENTION_DAYS).
+DEFAULT_RETENTION_DAYS = 30.0
 
 # libpq settings that turn a dead peer into an error instead of a hang: TCP
 # keepalives notice a silent server, tcp_user_timeout a write nobody acknowledges.
@@ -351,16 +362,35 @@ class Store:
         time: datetime,
         snapshot: dict[str, Any],
     ) -> bool:
-        """Record the status snapshot taken at a checkpoint; True when that changed anything."""
-        row = {
-            "task_uid": task_uid,
-            "checkpoint_id": checkpoint_id,
-            "step_id": step_id,
-            "time": time,
-            "snapshot": redact(snapshot),
-        }
+        """Record the status at a checkpoint; True when that changed anything.
+
+        Only what changed since the previous checkpoint is written (see `Checkpoint`);
+        every `BASE_EVERY`th row holds the whole status, so rebuilding one reads at most
+        that many rows. Writing a checkpoint again with other content (a pass retried
+        after its status write failed) replaces it, and the history continues from it:
+        later checkpoints, computed from what it replaced, are dropped.
+        """
+        status = redact(snapshot)
+        table = Checkpoint.__table__
         with self._transaction() as connection:
-            return self._upsert(connection, Checkpoint, row)
+            chain = self._chain(connection, task_uid, below=checkpoint_id)
+            base = len(chain) in (0, BASE_EVERY)
+            row = {
+                "task_uid": task_uid,
+                "checkpoint_id": checkpoint_id,
+                "step_id": step_id,
+                "time": time,
+                "base": base,
+                "delta": json_patch(None if base else _rebuild(chain), status),
+            }
+            changed = self._upsert(connection, Checkpoint, row)
+            if changed:
+                connection.execute(
+                    delete(Checkpoint).where(
+                        table.c.task_uid == task_uid, table.c.checkpoint_id > checkpoint_id
+                    )
+                )
+            return changed
 
     def append_event(
         self,
@@ -444,18 +474,19 @@ class Store:
             for record in self.attempts(task_uid)
         ]
 
+    def checkpoint(self, task_uid: str, checkpoint_id: int) -> CheckpointRecord | None:
+        """A task's whole status as it was at one checkpoint."""
+        with self._transaction() as connection:
+            chain = self._chain(connection, task_uid, below=checkpoint_id + 1)
+        if not chain or chain[-1].checkpoint_id != checkpoint_id:
+            return None
+        return _checkpoint_record(chain)
+
     def last_checkpoint(self, task_uid: str) -> CheckpointRecord | None:
         """The checkpoint with the highest id, where a restarted operator resumes."""
-        table = Checkpoint.__table__
-        query = (
-            select(table)
-            .where(table.c.task_uid == task_uid)
-            .order_by(table.c.checkpoint_id.desc())
-            .limit(1)
-        )
         with self._transaction() as connection:
-            found = _records(CheckpointRecord, connection.execute(query))
-        return found[0] if found else None
+            chain = self._chain(connection, task_uid)
+        return _checkpoint_record(chain) if chain else None
 
     def events(self, task_uid: str) -> list[EventRecord]:
         """A task's audit trail in the order it was written."""
@@ -464,7 +495,44 @@ class Store:
         with self._transaction() as connection:
             return _records(EventRecord, connection.execute(query))
 
+    def forget_ended(self, before: datetime) -> int:
+        """Delete every task that ended before `before`, with its whole history (attempts,
+        checkpoints, events); the number of tasks deleted. A task that has not
+        ended is kept however old it is."""
+        table = Task.__table__
+        ended = (
+            select(table.c.uid)
+            .where(table.c.phase.in_(ENDED), table.c.updated_at < before)
+            .limit(FORGET_BATCH)
+        )
+        forgotten = 0
+        while True:  # in batches: short transactions, however much has piled up
+            with self._transaction() as connection:
+                uids = list(connection.execute(ended).scalars())
+                if uids:
+                    connection.execute(delete(Task).where(table.c.uid.in_(uids)))
+            forgotten += len(uids)
+            if len(uids) < FORGET_BATCH:
+                return forgotten
+
     # --- plumbing -----------------------------------------------------------
+
+    def _chain(
+        self, connection: Connection, task_uid: str, below: int | None = None
+    ) -> list[CheckpointRow]:
+        """The rows that rebuild a task's latest checkpoint (under `below`, if given):
+        the latest base row and the ones after it, oldest first."""
+        table = Checkpoint.__table__
+        scope = [table.c.task_uid == task_uid]
+        if below is not None:
+            scope.append(table.c.checkpoint_id < below)
+        base = select(func.max(table.c.checkpoint_id)).where(*scope, table.c.base).scalar_subquery()
+        query = (
+            select(table)
+            .where(*scope, table.c.checkpoint_id >= base)
+            .order_by(table.c.checkpoint_id)
+        )
+        return _records(CheckpointRow, connection.execute(query))
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
@@ -519,3 +587,22 @@ def _wrote(connection: Connection, statement: Executable) -> bool:
 
 def _text(value: str | None) -> str | None:
     return None if value is None else redact_text(value)
+
+
+def _rebuild(chain: Sequence[CheckpointRow]) -> dict[str, Any]:
+    status: Any = None
+    for row in chain:
+        status = apply_json_patch(status, row.delta)
+    assert isinstance(status, dict)
+    return status
+
+
+def _checkpoint_record(chain: Sequence[CheckpointRow]) -> CheckpointRecord:
+    last = chain[-1]
+    return CheckpointRecord(
+        task_uid=last.task_uid,
+        checkpoint_id=last.checkpoint_id,
+        step_id=last.step_id,
+        time=last.time,
+        snapshot=_rebuild(chain),
+    )

@@ -52,11 +52,25 @@ class AttemptRecord:
 
 @dataclass(frozen=True, slots=True)
 class CheckpointRecord:
+    """A task's whole status at one checkpoint, rebuilt from the stored rows."""
+
     task_uid: str
     checkpoint_id: int
     step_id: str | None
     time: datetime
     snapshot: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointRow:
+    """A checkpoint as stored: what changed (see `tables.Checkpoint`)."""
+
+    task_uid: str
+    checkpoint_id: int
+    step_id: str | None
+    time: datetime
+    base: bool
+    delta: list[Any]
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Dialect,
     Double,
@@ -94,7 +95,7 @@ class Task(Base):
     tokens: Mapped[int] = mapped_column(BigInteger)
     cost_usd: Mapped[float] = mapped_column(Double)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)  # for retention
 
 
 class StepAttempt(Base):
@@ -116,7 +117,10 @@ class StepAttempt(Base):
 
 
 class Checkpoint(Base):
-    """A snapshot of the task's small status, taken after a step completes."""
+    """The task's status at a checkpoint (after planning, after each step that finished),
+    kept as what changed: a JSON Patch against the previous checkpoint's status, or, on a
+    `base` row, against nothing (the whole status). Rebuilding one starts at the latest
+    base row at or before it."""
 
     __tablename__ = "checkpoints"
 
@@ -124,7 +128,8 @@ class Checkpoint(Base):
     checkpoint_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     step_id: Mapped[str | None] = mapped_column(STEP_ID)
     time: Mapped[datetime] = mapped_column(UTCDateTime)
-    snapshot: Mapped[dict[str, Any]] = mapped_column(json_document())
+    base: Mapped[bool] = mapped_column(Boolean)
+    delta: Mapped[list[Any]] = mapped_column(json_document())
 
 
 class Event(Base):

@@ -37,7 +37,7 @@ VALUE_SETS: dict[str, Obj] = {
     "defaults": {},
     "namespaced": {
         "watchNamespaces": ["team-a", "team-b"],
-        "store": {"existingSecret": "pg", "key": "url"},
+        "store": {"existingSecret": "pg", "key": "url", "retentionDays": 0.5},
         "approvals": {"forbidSelfApproval": True},
         "logFormat": "json",
         "workers": 4,
@@ -347,6 +347,7 @@ def test_settings_come_through_as_the_values_say(rendered: dict[str, Rendered]) 
     assert namespaced.dsn == "<from a Secret>"
     assert namespaced.log_format == LogFormat.json
     assert (default.workers, namespaced.workers) == (16, 4)
+    assert (default.retention_days, namespaced.retention_days) == (30, 0.5)
 
     assert OperatorSettings.from_env(operator_env(rendered["ha"])).peering is True
     minimal = OperatorSettings.from_env(operator_env(rendered["minimal"]))
@@ -438,7 +439,13 @@ def policies(out: Rendered) -> dict[str, tuple[Obj, Obj]]:
 
 def test_approval_policies_are_installed_and_bound(rendered: dict[str, Rendered]) -> None:
     found = policies(rendered["defaults"])
-    assert sorted(found) == ["approval-create", "approval-decide", "decided-by", "task-creator"]
+    assert sorted(found) == [
+        "approval-create",
+        "approval-decide",
+        "decided-by",
+        "status",
+        "task-creator",
+    ]
     create, _ = found["approval-create"]
     assert create["spec"]["validations"][0]["expression"] == (
         f'request.userInfo.username == "{OPERATOR_USER}"'
@@ -450,6 +457,27 @@ def test_approval_policies_are_installed_and_bound(rendered: dict[str, Rendered]
             assert binding["spec"]["validationActions"] == ["Deny"]
     decide, _ = found["approval-decide"]
     assert len(decide["spec"]["validations"]) == 3  # approve verb, decidedBy, creator record
+
+
+def test_only_the_operator_writes_the_status_of_tasks_and_approvals(
+    rendered: dict[str, Rendered],
+) -> None:
+    policy, _ = policies(rendered["defaults"])["status"]
+    (rule,) = policy["spec"]["matchConstraints"]["resourceRules"]
+    assert rule["resources"] == ["agenttasks/status", "approvalrequests/status"]
+    assert rule["operations"] == ["UPDATE"]  # a PATCH is an UPDATE to admission
+    (check,) = policy["spec"]["validations"]
+    assert check["expression"] == f'request.userInfo.username == "{OPERATOR_USER}"'
+
+
+def test_mutating_policies_patch_only_what_they_set(rendered: dict[str, Rendered]) -> None:
+    # An apply configuration is merged into the whole object by the schema's types, so a
+    # wrong-typed field anywhere failed as "error applying patch" before the schema's
+    # message; a JSON Patch touches only its own path.
+    mutating = [p for p, _ in policies(rendered["defaults"]).values() if "mutations" in p["spec"]]
+    assert len(mutating) == 2
+    for policy in mutating:
+        assert [m["patchType"] for m in policy["spec"]["mutations"]] == ["JSONPatch"]
 
 
 def test_policies_follow_the_watched_namespaces_and_the_options(
@@ -471,6 +499,7 @@ def test_policies_follow_the_watched_namespaces_and_the_options(
     assert sorted(policies(rendered["no-mutating-policies"])) == [
         "approval-create",
         "approval-decide",
+        "status",
     ]
     assert policies(rendered["minimal"]) == {}
 

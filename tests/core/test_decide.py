@@ -7,7 +7,13 @@ from dataclasses import replace
 from datetime import timedelta
 
 from agent_contract import MAX_PARAMS_BYTES, Usage
-from agent_operator.api import AgentPoolSpec, ApprovalPhase, StepPhase, TaskPhase
+from agent_operator.api import (
+    MAX_DURATION_SECONDS,
+    AgentPoolSpec,
+    ApprovalPhase,
+    StepPhase,
+    TaskPhase,
+)
 from agent_operator.core.decide import (
     UNRECORDED_APPROVER,
     EventKind,
@@ -363,6 +369,23 @@ def test_a_critical_step_waits_for_its_change_window() -> None:
     assert d.requeue_at == T0.replace(hour=22)
     w.now = T0.replace(hour=22)
     assert started(w.step()) == [("drop", 1)]
+
+
+def test_the_longest_durations_the_schema_allows_still_decide() -> None:
+    from .test_plan import RISKY
+
+    longest = {"approvalTimeoutSeconds": MAX_DURATION_SECONDS}
+    w = world(
+        {
+            "steps": [{"id": "a", "tool": "t-critical"}],
+            "safety": {**longest, "criticalWindow": {"start": "23:59", "end": "00:00"}},
+            "limits": {"activeDeadlineSeconds": MAX_DURATION_SECONDS},
+        },
+        registry=RISKY,
+    )
+    assert w.step().requeue_at == T0 + timedelta(seconds=MAX_DURATION_SECONDS)
+    w.decide_approval("a", ApprovalPhase.approved)
+    assert w.step().requeue_at == T0.replace(hour=23, minute=59)
 
 
 def test_llm_planning_is_asked_for_then_applied_or_fails_with_planned_false() -> None:

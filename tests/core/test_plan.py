@@ -6,9 +6,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from agent_contract import MAX_PARAMS_BYTES, RiskLevel, ToolRegistry, ToolSpec
-from agent_operator.api import AgentPoolSpec, AgentTaskSpec, Safety, TimeWindow
+from agent_operator.api import (
+    AgentPoolSpec,
+    AgentTaskSpec,
+    Safety,
+    TimeWindow,
+)
 from agent_operator.core.plan import InvalidPlan, build_plan
 from agent_operator.core.safety import in_window, next_window_open
 
@@ -229,6 +235,35 @@ def test_change_window_including_one_that_wraps_midnight() -> None:
     assert in_window(night, monday.replace(hour=23))
     assert in_window(night, monday.replace(day=24, hour=1))  # Tuesday night, opened Monday
     assert not in_window(night, monday.replace(hour=1))  # Monday 01:00 belongs to Sunday's window
+
+
+def test_a_policy_the_core_cannot_act_on_is_refused_naming_the_field() -> None:
+    steps = [{"id": "a", "tool": "t-critical"}]
+    never_opens = {"criticalWindow": {"start": "09:00", "end": "09:00"}}
+    assert problems(steps, safety=never_opens) == (
+        "spec.safety.criticalWindow: start and end are both 09:00; the window never opens"
+    )
+    typo = problems(steps, safety={"requireApprovalFor": ["noop", "hihg"]})
+    assert typo.startswith(
+        "spec.safety.requireApprovalFor[1]: 'hihg' is neither a risk level "
+        "(safe, low, medium, high, critical) nor a known tool ("
+    )
+
+
+@pytest.mark.parametrize(
+    ("safety", "limits", "where"),
+    [
+        ({"criticalWindow": {"start": "09:00", "end": "10:00", "days": []}}, {}, "days"),
+        ({"approvalTimeoutSeconds": 10**12}, {}, "approvalTimeoutSeconds"),
+        ({}, {"activeDeadlineSeconds": 10**12}, "activeDeadlineSeconds"),
+    ],
+)
+def test_the_schema_refuses_values_the_core_cannot_work_with(
+    safety: dict[str, Any], limits: dict[str, Any], where: str
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        AgentTaskSpec.model_validate({"goal": "g", "safety": safety, "limits": limits})
+    assert caught.value.errors()[0]["loc"][-1] == where
 
 
 def test_safety_defaults_protect_system_namespaces() -> None:

@@ -118,3 +118,17 @@ def test_a_merge_patch_turns_the_old_status_into_the_new(
 
     new = without_nulls(new)  # statuses are written without nulls
     assert apply_merge_patch(without_nulls(old), merge_patch(without_nulls(old), new)) == new
+
+
+@given(json_values, json_values)
+def test_a_json_patch_turns_the_old_document_into_the_new(old: Any, new: Any) -> None:
+    import copy
+
+    import jsonpatch  # an independent RFC 6902 implementation (Kopf depends on it)
+
+    from agent_operator.core.patch import apply_json_patch, json_patch
+
+    ops = json_patch(old, new)
+    assert jsonpatch.apply_patch(old, ops) == new
+    assert apply_json_patch(copy.deepcopy(old), ops) == new
+    assert json_patch(new, new) == []

@@ -463,6 +463,10 @@ def test_approvals_are_unforgeable(release: Release, kubectl: Kubectl) -> None:
         )  # fmt: skip
 
     approve = {"decision": "Approved", "reason": "looks right"}
+    # A wrong type is named by the schema (the mutating policy adding decidedBy used to fail
+    # first, with "error applying patch").
+    with pytest.raises(KubectlError, match=r"spec.reason: Invalid value: \"integer\""):
+        decide("bob", {**approve, "reason": 5})
     with pytest.raises(KubectlError, match="alice may not decide ApprovalRequests"):
         decide("alice", approve)
     with pytest.raises(KubectlError, match="carol created AgentTask risky and may not approve"):
@@ -500,6 +504,32 @@ def test_approvals_are_unforgeable(release: Release, kubectl: Kubectl) -> None:
         decide("bob", {"decision": "Rejected"})
     with pytest.raises(KubectlError, match=r"decidedBy must be the user who makes the decision"):
         decide("carol", {"reason": "I meant to approve it myself"})
+
+    # Nor its record in the status, by anyone but the operator: not even a cluster-admin.
+    kubectl("create", "clusterrolebinding", "mallory-admin", "--clusterrole=cluster-admin",
+            "--user=mallory")  # fmt: skip
+    for kind, name_, status in (
+        ("approvalrequest", name, {"decidedBy": "mallory"}),
+        ("agenttask", "risky", {"phase": "Failed"}),
+    ):
+        message = refused(
+            kubectl, "--as=mallory", "patch", kind, name_, "-n", tasks, "--subresource=status",
+            "--type=merge", "-p", json.dumps({"status": status}),
+        )  # fmt: skip
+        assert f"is written by the operator ({release.operator_user}) only" in message
+    assert kubectl.json("get", "approvalrequest", name, "-n", tasks)["status"]["decidedBy"] == "bob"
+
+
+def test_a_wrong_type_is_named_by_the_schema_not_the_mutating_policy(
+    release: Release, kubectl: Kubectl
+) -> None:
+    wrong = task_manifest("wrong-type")
+    wrong["spec"]["steps"][0]["retries"] = "many"
+    message = refused(
+        kubectl, "--as=carol", "create", "-n", release.tasks, "-f", "-", input=json.dumps(wrong)
+    )
+    assert "spec.steps[0].retries" in message and "must be of type integer" in message, message
+    assert "error applying patch" not in message
 
 
 def _newer_chart(release: Release) -> Path:

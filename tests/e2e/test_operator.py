@@ -222,6 +222,18 @@ INVALID: dict[str, tuple[Callable[[dict[str, Any]], None], list[str], list[str]]
         [],
         ["spec.safety.level", 'Unsupported value: "reckless"', '"strict"'],
     ),
+    "window-without-days": (
+        lambda t: t["spec"].update(
+            safety={"criticalWindow": {"start": "09:00", "end": "10:00", "days": []}}
+        ),
+        [],
+        ["spec.safety.criticalWindow.days", "should have at least 1 items"],
+    ),
+    "approval-timeout-beyond-a-year": (
+        lambda t: t["spec"].update(safety={"approvalTimeoutSeconds": 10**12}),
+        [],
+        ["spec.safety.approvalTimeoutSeconds", "should be less than or equal to 31622400"],
+    ),
 }
 
 
@@ -253,6 +265,7 @@ def test_steps_cannot_change_after_creation(
         check=False,
     )  # fmt: skip
     assert refused.returncode != 0
+    assert "spec.steps: Invalid value" in refused.stderr  # the field, not all of spec
     assert "the plan cannot be changed once the task is created" in refused.stderr
     added = {"spec": {"steps": [{"id": "first", "tool": "noop"}, {"id": "more", "tool": "noop"}]}}
     refused = kubectl(
@@ -619,6 +632,38 @@ def test_a_result_over_4_kib_comes_back_whole_through_the_pod_log_without_a_dsn(
         assert summary["inLog"] is True and len(json.dumps(summary)) <= 4096
         env = {e["name"] for c in pod["spec"]["containers"] for e in c.get("env", [])}
         assert env == {"AGENT_STEP"}  # no DSN, no store Secret: nothing but the step
+
+
+# The largest spec: Kopf keeps no copy of an AgentTask's spec (kube/kopf_state.py), so what
+# bounds it is the API server's limit on a whole object (spec and status together), which
+# etcd sets at 1.5 MiB by default. A mebibyte of spec is four times what a copy in Kopf's
+# annotation (256 KiB for all annotations) allowed.
+LARGE_SPEC_BYTES = 1024 * 1024
+
+
+def test_a_task_with_a_mebibyte_of_spec_runs_and_is_deleted(
+    operator: OperatorProcess, kubectl: Kubectl, namespace: str
+) -> None:
+    apply_yaml(kubectl, namespace, pool("default"))
+    blob = {"blob": "x" * LARGE_SPEC_BYTES}
+    large = task("large", [{"id": "only", "tool": "noop"}], inputs=blob)
+    # `kubectl create`, not a client-side `kubectl apply`: that keeps its own copy of the
+    # object in an annotation (use `kubectl apply --server-side` for large tasks).
+    kubectl("create", "-n", namespace, "-f", "-", input=json.dumps(large))
+    expect_phase(finished(kubectl, namespace, "large"), "Succeeded")
+    annotations = get(kubectl, "at", "large", namespace)["metadata"].get("annotations", {})
+    assert sum(len(k) + len(v) for k, v in annotations.items()) < 4096, annotations
+    # Returns once the finalizer is removed and the object is gone.
+    kubectl("delete", "agenttask", "large", "-n", namespace, "--timeout=60s")
+    assert kubectl("get", "at", "-n", namespace, "-o", "name").stdout == ""
+
+    too_large = task(
+        "too-large", [{"id": "only", "tool": "noop"}], inputs={"blob": "x" * 1600 * 1024}
+    )
+    refused = kubectl(
+        "create", "-n", namespace, "-f", "-", input=json.dumps(too_large), check=False
+    )
+    assert refused.returncode != 0 and "request is too large" in refused.stderr, refused.stderr
 
 
 def test_operator_killed_mid_task_carries_on_without_running_a_step_twice(

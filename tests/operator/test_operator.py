@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import kopf
 
-from agent_operator.store import Store
+from agent_operator.kube.settings import OperatorSettings
+from agent_operator.store import EventKind, Store
 
 from .harness import (
     Emulated,
     agent_task,
     conditions,
+    eventually,
+    running_operator,
     succeeded,
     wait_job,
     wait_phase,
@@ -73,3 +76,34 @@ def test_a_task_naming_a_missing_pool_fails_with_a_reason(
     assert final["reason"] == "PoolNotFound"
     assert "AgentPool 'ghost'" in final["message"]
     assert cluster.jobs() == []
+
+
+def test_the_operator_deletes_the_history_of_tasks_that_ended_before_the_retention(
+    cluster: Emulated, settings: OperatorSettings, dsn: str
+) -> None:
+    with Store.open(dsn) as store:
+        for uid, phase in (("uid-ended", "Succeeded"), ("uid-running", "Running")):
+            store.upsert_task(uid, namespace="default", name=uid, phase=phase)
+            store.append_event(uid, EventKind.planned, message="1 steps")
+        # A retention of a millisecond: the task that just ended is already past it.
+        with running_operator(settings.model_copy(update={"retention_days": 1e-3 / 86400})):
+            eventually(
+                lambda: store.task("uid-ended") is None, 30, "the ended task to be forgotten"
+            )
+        assert store.events("uid-ended") == []
+        assert store.task("uid-running") is not None and store.events("uid-running") != []
+
+
+def test_kopf_keeps_no_copy_of_a_task_spec_on_the_task(
+    cluster: Emulated, operator: kopf.Memo
+) -> None:
+    # The API server allows 256 KiB of annotations in all: a copy of a large spec there made
+    # every Kopf patch of the task fail, the finalizer's removal too.
+    marker = "x" * 1000
+    step = {"id": "only", "tool": "noop", "params": {"outputs": {"text": marker}}}
+    cluster.create("agenttasks", agent_task("big", {"steps": [step]}))
+    cluster.finish_job(wait_job(cluster, "only"), succeeded({"text": "done"}))
+    wait_phase(cluster, "big", "Succeeded")
+    annotations = cluster.get("agenttasks", "big")["metadata"].get("annotations", {})
+    assert annotations, "Kopf keeps its diff base in an annotation"
+    assert not any(marker in value for value in annotations.values()), annotations

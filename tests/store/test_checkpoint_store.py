@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 from collections.abc import Iterator
@@ -67,7 +68,7 @@ def test_opening_twice_migrates_once_and_shares_the_data(
 ) -> None:
     with Store.open(store_dsn) as again:
         assert again.task(task) == store.task(task)
-    assert raw.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0002"]
+    assert raw.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0003"]
 
 
 def test_opening_logs_where_but_not_the_password(
@@ -105,7 +106,7 @@ def test_processes_opening_an_empty_database_at_once_all_succeed(
     # Separate processes, like operator replicas: only the database's own lock can order them.
     with multiprocessing.get_context("fork").Pool(3) as pool:
         assert pool.map(_open_and_close, [store_dsn] * 3) == [None, None, None]
-    assert raw.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0002"]
+    assert raw.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0003"]
 
 
 def test_threads_opening_at_once_all_succeed(store_dsn: str) -> None:
@@ -222,6 +223,121 @@ def test_checkpoints_upsert_and_the_last_one_wins(store: Store, task: str) -> No
     rewritten = store.last_checkpoint(task)
     assert rewritten is not None
     assert rewritten.snapshot == {"steps": ["a", "b"]}
+
+
+def _status(done: int, steps: int = 200) -> dict[str, Any]:
+    """A status of a `steps`-step chain with `done` steps finished, plan included."""
+    return {
+        "phase": "Running",
+        "message": f"{done} of {steps} steps done",
+        "checkpoint": {"id": done + 1},
+        "plan": [{"id": f"s{i}", "tool": "noop", "params": {"n": i}} for i in range(steps)],
+        "steps": [
+            {"id": f"s{i}", "phase": "Succeeded" if i < done else "Pending"} for i in range(steps)
+        ],
+        "outputs": {f"s{i}": {"n": i} for i in range(done)},
+    }
+
+
+def test_checkpoints_store_what_changed_and_each_rebuilds_whole(
+    store: Store, raw: Connection, task: str
+) -> None:
+    statuses = [_status(done) for done in range(45)]
+    for number, status in enumerate(statuses, start=1):
+        assert store.record_checkpoint(task, number, None, T0 + timedelta(seconds=number), status)
+    for number, status in enumerate(statuses, start=1):
+        rebuilt = store.checkpoint(task, number)
+        assert rebuilt is not None and rebuilt.snapshot == status, number
+    last = store.last_checkpoint(task)
+    assert last is not None and (last.checkpoint_id, last.snapshot) == (45, statuses[-1])
+    assert store.checkpoint(task, 46) is None
+
+    rows = raw.execute(
+        text("SELECT checkpoint_id, base, delta FROM checkpoints ORDER BY checkpoint_id")
+    ).all()
+    assert [number for number, base, _ in rows if base] == [1, 21, 41]
+    whole = len(json.dumps(statuses[-1]))
+    for number, base, delta in rows:
+        if not base:  # a step's change: its entry, the message, the checkpoint, its output
+            size = len(delta if isinstance(delta, str) else json.dumps(delta))
+            assert size < whole / 20, number
+
+
+def test_rewriting_a_checkpoint_continues_the_history_from_it(store: Store, task: str) -> None:
+    for number in range(1, 6):
+        store.record_checkpoint(task, number, None, T0, _status(number, steps=10))
+    assert store.record_checkpoint(task, 3, None, T0, _status(7, steps=10))
+    last = store.last_checkpoint(task)
+    assert last is not None and (last.checkpoint_id, last.snapshot) == (3, _status(7, steps=10))
+    assert store.record_checkpoint(task, 4, None, T0, _status(8, steps=10))
+    rebuilt = store.checkpoint(task, 4)
+    assert rebuilt is not None and rebuilt.snapshot == _status(8, steps=10)
+
+
+def test_checkpoints_written_before_the_deltas_still_rebuild(store_dsn: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from agent_operator.store import create_engine_for
+    from agent_operator.store.migrate import MIGRATIONS
+
+    config = Config(str(MIGRATIONS / "alembic.ini"))
+    engine = create_engine_for(store_dsn)
+
+    def migrate(step: Any, revision: str) -> None:
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            step(config, revision)
+
+    try:
+        migrate(command.upgrade, "0001")
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO tasks VALUES (:uid, 'default', 'old', NULL, 'Running', NULL, "
+                    "NULL, NULL, 0, 0, :now, :now)"
+                ),
+                {"uid": UID, "now": T0},
+            )
+            for number in (1, 2):
+                connection.execute(
+                    text("INSERT INTO checkpoints VALUES (:uid, :n, NULL, :now, :snapshot)"),
+                    {"uid": UID, "n": number, "now": T0, "snapshot": json.dumps(_status(number))},
+                )
+        with Store.open(store_dsn) as store:  # migrates to the newest revision
+            assert (old := store.checkpoint(UID, 1)) is not None
+            assert old.snapshot == _status(1)
+            store.record_checkpoint(UID, 3, "s2", T0, _status(3))
+            assert (last := store.last_checkpoint(UID)) is not None
+            assert last.snapshot == _status(3)
+        migrate(command.downgrade, "0001")
+        with engine.connect() as connection:
+            rows = connection.execute(text("SELECT snapshot FROM checkpoints ORDER BY 1")).all()
+        assert [r[0] if isinstance(r[0], dict) else json.loads(r[0]) for r in rows] == [
+            _status(number) for number in (1, 2, 3)
+        ]
+    finally:
+        engine.dispose()
+
+
+def test_forgetting_deletes_the_history_of_tasks_that_ended_before_the_cutoff(
+    store: Store, raw: Connection
+) -> None:
+    for name, phase in (("done", "Succeeded"), ("failed", "Failed"), ("running", "Running")):
+        uid = f"uid-{name}"
+        store.upsert_task(uid, namespace="default", name=name, phase=phase)
+        store.record_attempt(uid, "a", 1, phase="Succeeded", started_at=T0, finished_at=T0)
+        store.record_checkpoint(uid, 1, "a", T0, _status(1, steps=2))
+        store.append_event(uid, EventKind.step_finished, step_id="a", dedupe_key="a/1")
+    now = datetime.now(UTC)
+    assert store.forget_ended(before=now - timedelta(hours=1)) == 0  # they ended just now
+    assert store.forget_ended(before=now + timedelta(hours=1)) == 2
+    assert store.task("uid-done") is None and store.task("uid-failed") is None
+    assert store.task("uid-running") is not None
+    for table in ("step_attempts", "checkpoints", "events"):
+        left = raw.execute(text(f"SELECT DISTINCT task_uid FROM {table}")).scalars().all()
+        assert left == ["uid-running"], table
+    assert store.forget_ended(before=now + timedelta(hours=1)) == 0
 
 
 def test_events_append_in_order_and_dedupe_by_key(store: Store, task: str) -> None:
