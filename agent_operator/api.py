@@ -391,7 +391,7 @@ class AgentTask(ApiModel):
 # --- ApprovalRequest --------------------------------------------------------
 
 
-class Decision(StrEnum):
+class ApprovalDecision(StrEnum):
     approved = "Approved"
     rejected = "Rejected"
 
@@ -451,7 +451,7 @@ class ApprovalRequestSpec(ApiModel):
     params: FreeForm = Field(default_factory=dict, description="Parameters, secrets redacted.")
     risk: RiskAssessment = Field(description="Why approval is needed.")
     expires_at: datetime = Field(description="After this time the step fails (ApprovalExpired).")
-    decision: Decision | None = Field(
+    decision: ApprovalDecision | None = Field(
         default=None, description="Set by a person: Approved or Rejected."
     )
     reason: str | None = Field(default=None, description="Why, in the approver's words.")

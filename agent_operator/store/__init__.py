@@ -69,7 +69,7 @@ from agent_operator.store.records import (
     StoreUnavailable,
     TaskRecord,
 )
-from agent_operator.store.tables import Base, Checkpoint, Event, StepAttempt, Task
+from agent_operator.store.tables import AuditEvent, Base, Checkpoint, StepAttempt, Task
 
 __all__ = [
     "DEFAULT_RETENTION",
@@ -406,7 +406,7 @@ class Store:
     ) -> bool:
         """Append to the audit trail; False when an event with `dedupe_key` is already there."""
         statement = (
-            self._insert(Event)
+            self._insert(AuditEvent)
             .values(
                 task_uid=task_uid,
                 time=time or datetime.now(UTC),
@@ -490,7 +490,7 @@ class Store:
 
     def events(self, task_uid: str) -> list[EventRecord]:
         """A task's audit trail in the order it was written."""
-        table = Event.__table__
+        table = AuditEvent.__table__
         query = select(table).where(table.c.task_uid == task_uid).order_by(table.c.id)
         with self._transaction() as connection:
             return _records(EventRecord, connection.execute(query))

@@ -132,7 +132,7 @@ class Checkpoint(Base):
     delta: Mapped[list[Any]] = mapped_column(json_document())
 
 
-class Event(Base):
+class AuditEvent(Base):
     """The append-only audit trail; `dedupe_key` makes re-recording an event a no-op."""
 
     __tablename__ = "events"
