@@ -24,6 +24,7 @@ from agent_contract.step import (
     params_problem,
 )
 from agent_contract.tool import (
+    NETWORK,
     SPEC_ENTRY_POINT_GROUP,
     RiskLevel,
     RiskRule,
@@ -38,6 +39,7 @@ __all__ = [
     "MAX_PARAMS_BYTES",
     "MAX_RESULT_BYTES",
     "MESSAGE_LIMIT",
+    "NETWORK",
     "SPEC_ENTRY_POINT_GROUP",
     "STEP_ENV",
     "TERMINATION_PATH_ENV",

@@ -88,6 +88,7 @@ class StepInvocation(BaseModel):
     requires_approval: bool = Field(default=False, alias="requiresApproval")
     approved_by: str | None = Field(default=None, alias="approvedBy")
     allowed_tools: list[str] | None = Field(default=None, alias="allowedTools")
+    allowed_hosts: list[str] = Field(default_factory=list, alias="allowedHosts")
     model: ModelSettings | None = None
 
 

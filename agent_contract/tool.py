@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from jsonschema import Draft202012Validator, ValidationError
 
 __all__ = [
+    "NETWORK",
     "SPEC_ENTRY_POINT_GROUP",
     "RiskLevel",
     "RiskRule",
@@ -27,6 +28,9 @@ __all__ = [
 # Custom tools publish their ToolSpec (or a list of them, or a callable returning either)
 # here, for the operator; the runtime's implementations go to `agent_runtime.tools`.
 SPEC_ENTRY_POINT_GROUP = "agent_contract.tools"
+# The capability of tools that reach other hosts: they may reach only the hosts the pool
+# grants (`StepInvocation.allowed_hosts`); a pool that grants none gives them no host at all.
+NETWORK = "network"
 
 
 class RiskLevel(StrEnum):
@@ -79,10 +83,17 @@ class ToolSpec:
     # The risk of one call when it depends on the params (an HTTP GET is safer than a POST);
     # `risk` stays the worst case for callers that cannot look at params.
     risk_for: RiskRule | None = None
+    # The tools one call may call in turn (a sub-agent's), so that planning holds them to the
+    # pool's grants as if the plan called them itself.
+    calls_for: Callable[[dict[str, Any]], list[str]] | None = None
 
     def effective_risk(self, params: dict[str, Any], registry: ToolRegistry) -> RiskLevel:
         """The risk of calling this tool with `params` (the safety policy's input)."""
         return self.risk if self.risk_for is None else self.risk_for(params, registry)
+
+    def calls(self, params: dict[str, Any]) -> list[str]:
+        """The names of the tools a call with `params` may call in turn."""
+        return [] if self.calls_for is None else self.calls_for(params)
 
     def param_errors(self, params: Any, skip: Callable[[Any], bool] = lambda _: False) -> list[str]:
         """Every way `params` break the tool's schema, one line each, naming the field.

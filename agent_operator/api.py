@@ -548,6 +548,13 @@ class AgentPoolSpec(ApiModel):
         default=None,
         description="Capabilities granted; omitted: all. A tool needing more is refused.",
     )
+    allowed_hosts: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list,
+        description=(
+            "Hosts that network tools (http_request) may reach: host, host:port or *.domain. "
+            "Omitted or empty: none, and plans that use such a tool are refused."
+        ),
+    )
 
 
 class AgentPoolStatus(ApiModel):

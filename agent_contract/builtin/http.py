@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from agent_contract.builtin._schema import ENV_NAME, TIMEOUT, obj
-from agent_contract.tool import RiskLevel, ToolRegistry, ToolSpec
+from agent_contract.tool import NETWORK, RiskLevel, ToolRegistry, ToolSpec
 
 __all__ = ["HTTP_REQUEST", "READ_METHODS", "SPECS"]
 
@@ -53,7 +53,7 @@ HTTP_REQUEST = ToolSpec(
     ),
     risk=RiskLevel.medium,
     risk_for=_risk,
-    capabilities=frozenset({"network"}),
+    capabilities=frozenset({NETWORK}),
     timeout_seconds=60,
 )
 

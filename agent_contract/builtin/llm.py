@@ -12,12 +12,20 @@ __all__ = ["LLM_COMPLETE", "REACT_AGENT", "REACT_AGENT_TOOL", "SPECS"]
 REACT_AGENT = "react_agent"
 
 
+def _react_tools(params: dict[str, Any]) -> list[str]:
+    """The tools a ReAct call lists, itself left out (it never calls itself)."""
+    tools = params.get("tools")
+    if not isinstance(tools, list):  # a placeholder, filled in at run time
+        return []
+    return [name for name in tools if isinstance(name, str) and name != REACT_AGENT]
+
+
 def _react_risk(params: dict[str, Any], registry: ToolRegistry) -> RiskLevel:
     """As risky as the riskiest tool it may call (and at least low: it talks to a model)."""
     risks = [RiskLevel.low]
-    for name in params.get("tools", []):
+    for name in _react_tools(params):
         tool = registry.get(name)
-        if tool is not None and name != REACT_AGENT:
+        if tool is not None:
             risks.append(tool.risk)
     return max(risks, key=lambda level: level.rank)
 
@@ -84,6 +92,7 @@ REACT_AGENT_TOOL = ToolSpec(
     # The worst case of the built-ins; `effective_risk` looks at the tools a call lists.
     risk=RiskLevel.high,
     risk_for=_react_risk,
+    calls_for=_react_tools,
     capabilities=frozenset({"llm"}),
     timeout_seconds=600,
 )

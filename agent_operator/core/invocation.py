@@ -22,6 +22,7 @@ def step_invocation(task: AgentTask, pool: AgentPoolSpec, start: StartStep) -> S
         requires_approval=start.requires_approval,
         approved_by=start.approved_by,
         allowed_tools=pool.tools,
+        allowed_hosts=pool.allowed_hosts,
         model=(
             ModelSettings(
                 base_url=model.base_url,

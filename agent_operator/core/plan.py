@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from graphlib import CycleError, TopologicalSorter
 
-from agent_contract import ToolRegistry, ToolSpec, Usage, params_problem
+from agent_contract import NETWORK, ToolRegistry, ToolSpec, Usage, params_problem
 from agent_operator.api import AgentPoolSpec, AgentTaskSpec, PlannedStep, Step
 from agent_operator.core.safety import assess, policy_problems
 from agent_operator.core.templating import (
@@ -68,6 +68,11 @@ def _grant_problems(tool: ToolSpec, pool: AgentPoolSpec) -> list[str]:
             problems.append(
                 f"tool {tool.name!r} needs capabilities {missing} that the pool does not grant"
             )
+    if NETWORK in tool.capabilities and not pool.allowed_hosts:
+        problems.append(
+            f"tool {tool.name!r} reaches other hosts and the pool grants none: list the hosts "
+            "it may reach in the AgentPool's spec.allowedHosts (host, host:port or *.domain)"
+        )
     return problems
 
 
@@ -85,6 +90,13 @@ def _tool_problems(
             f"{where}.tool: unknown tool {step.tool!r}; known tools: {', '.join(registry.names())}"
         ]
     grants = [f"{where}.tool: {problem}" for problem in _grant_problems(tool, pool)]
+    for name in tool.calls(step.params):  # a sub-agent's tools: the pool must grant them too
+        called = registry.get(name)
+        grants += (
+            [f"{where}.params: calls unknown tool {name!r}"]
+            if called is None
+            else [f"{where}.params: {problem}" for problem in _grant_problems(called, pool)]
+        )
     size = params_problem(step.params)
     return (
         grants

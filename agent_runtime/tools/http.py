@@ -1,9 +1,10 @@
 """`http_request`: one HTTP call to a host on an allowlist.
 
-The allowlist comes from the pool (env `AGENT_HTTP_ALLOWED_HOSTS`, set in the Job template);
-`params.allowedHosts` can only narrow it, so a plan cannot widen where a step may reach.
-Every request is checked, redirects included. Header values that are secrets come from
-environment variables (`headersFromEnv`), never from params.
+The allowlist is the pool's `spec.allowedHosts`, which reaches the step in its invocation;
+a pool that grants no host lets the tool reach none. `params.allowedHosts` can only narrow
+it, so a plan cannot widen where a step may reach. Every request is checked, redirects
+included. Header values that are secrets come from environment variables
+(`headersFromEnv`), never from params.
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ import httpx
 from agent_contract.builtin import http as specs
 from agent_runtime.registry import Tool, ToolContext, ToolFailure, ToolOutcome, ToolTimeout
 
-__all__ = ["ALLOWED_HOSTS_ENV", "HTTP_REQUEST", "TOOLS", "allowed_hosts", "host_allowed"]
+__all__ = ["HTTP_REQUEST", "TOOLS", "allowed_hosts", "host_allowed"]
 
-ALLOWED_HOSTS_ENV = "AGENT_HTTP_ALLOWED_HOSTS"
+_NO_HOST_GRANTED = (
+    "no host is allowed: the pool grants none; list the hosts steps may reach in the "
+    "AgentPool's spec.allowedHosts (host, host:port or *.domain)"
+)
 # Headers worth reporting; cookies and auth challenges stay out of results.
 REPORTED_HEADERS = (
     "content-type",
@@ -37,13 +41,11 @@ DEFAULT_MAX_BODY = 64 * 1024
 MAX_REDIRECTS = 5
 
 
-def allowed_hosts(params: Mapping[str, Any], env: Mapping[str, str]) -> list[str]:
-    """The effective allowlist: the pool's, narrowed by the params; the params' if no pool's."""
-    pool = [h.strip().lower() for h in env.get(ALLOWED_HOSTS_ENV, "").split(",") if h.strip()]
+def allowed_hosts(params: Mapping[str, Any], granted: list[str]) -> list[str]:
+    """The effective allowlist: the pool's grant, narrowed by the params (never widened)."""
+    pool = [h.strip().lower() for h in granted if h.strip()]
     given = [h.strip().lower() for h in params.get("allowedHosts", []) if h.strip()]
-    if pool and given:
-        return [h for h in given if h in pool]
-    return pool or given
+    return [h for h in given if h in pool] if given else pool
 
 
 def host_allowed(url: httpx.URL, allowlist: list[str]) -> bool:
@@ -77,10 +79,14 @@ def _headers(params: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, str
 
 def _request(params: dict[str, Any], ctx: ToolContext) -> ToolOutcome:
     method = params.get("method", "GET")
-    allowlist = allowed_hosts(params, ctx.env)
+    granted = ctx.invocation.allowed_hosts
+    allowlist = allowed_hosts(params, granted)
     if not allowlist:
         raise ToolFailure(
-            f"no host is allowed: set {ALLOWED_HOSTS_ENV} in the pool or params.allowedHosts"
+            f"no host is allowed: params.allowedHosts keeps none of the pool's "
+            f"({', '.join(granted)})"
+            if granted
+            else _NO_HOST_GRANTED
         )
 
     def check(request: httpx.Request) -> None:

@@ -128,10 +128,8 @@ class _Agent:
         allowed = ctx.invocation.allowed_tools
         self.tools = {
             name: tool
-            for name in params["tools"]
-            if name != REACT_AGENT
-            and (allowed is None or name in allowed)
-            and (tool := ctx.toolbox.get(name)) is not None
+            for name in specs.REACT_AGENT_TOOL.calls(params)
+            if (allowed is None or name in allowed) and (tool := ctx.toolbox.get(name)) is not None
         }
         if not self.tools:
             raise ToolFailure(

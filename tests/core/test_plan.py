@@ -121,6 +121,27 @@ def test_capability_not_granted_by_the_pool_is_refused() -> None:
     assert "needs capabilities ['kubernetes:write']" in text
 
 
+HTTP_STEP = {"id": "a", "tool": "http_request", "params": {"url": "https://example.com"}}
+
+
+def test_a_network_tool_is_refused_when_the_pool_grants_no_host() -> None:
+    text = problems([HTTP_STEP])
+    assert (
+        "step 'a' (steps[0]).tool: tool 'http_request' reaches other hosts and the pool grants "
+        "none: list the hosts it may reach in the AgentPool's spec.allowedHosts" in text
+    )
+    assert plan([HTTP_STEP], pool={"allowedHosts": ["example.com"]})[0].tool == "http_request"
+
+
+def test_a_sub_agent_is_held_to_the_pools_grants_for_the_tools_it_lists() -> None:
+    react = {"id": "a", "tool": "react_agent", "params": {"goal": "g", "tools": ["http_request"]}}
+    assert "params: tool 'http_request' reaches other hosts" in problems([react])
+    react["params"]["tools"] = ["kube", "curl"]
+    text = problems([react], pool={"capabilities": ["llm", "kubernetes:read"]})
+    assert "params: tool 'kube' needs capabilities ['kubernetes:write']" in text
+    assert "params: calls unknown tool 'curl'" in text
+
+
 def test_a_dependency_cycle_is_refused_with_its_path() -> None:
     text = problems(
         [

@@ -26,11 +26,18 @@ def context(
     env: Mapping[str, str] | None = None,
     model: ModelSettings | None = None,
     allowed_tools: list[str] | None = None,
+    allowed_hosts: list[str] | None = None,
     toolbox: Toolbox | None = None,
 ) -> ToolContext:
     """What a tool sees when the runtime calls it (no deadline unless the executor sets one)."""
     return ToolContext(
-        invocation=invocation(tool, params, model=model, allowed_tools=allowed_tools),
+        invocation=invocation(
+            tool,
+            params,
+            model=model,
+            allowed_tools=allowed_tools,
+            allowed_hosts=allowed_hosts or [],
+        ),
         toolbox=toolbox or Toolbox.default(),
         env=dict(env or {}),
     )

@@ -92,7 +92,7 @@ def site() -> Iterator[Site]:
 
 
 def test_get_parses_json_and_reports_only_safe_headers(site: Site) -> None:
-    outcome = call("http_request", {"url": site.url("/json"), "allowedHosts": [site.host]})
+    outcome = call("http_request", {"url": site.url("/json")}, allowed_hosts=[site.host])
     assert outcome.outputs["status"] == 200
     assert outcome.outputs["json"] == {"hello": "world"}
     assert outcome.outputs["headers"]["content-type"] == "application/json"
@@ -108,8 +108,9 @@ def test_post_sends_json_and_headers_from_env(site: Site) -> None:
         "headers": {"X-Trace": "abc"},
         "headersFromEnv": {"X-Token": "API_TOKEN"},
     }
-    env = {"AGENT_HTTP_ALLOWED_HOSTS": site.host, "API_TOKEN": "t0ps3cret"}
-    outcome = call("http_request", params, env=env)
+    outcome = call(
+        "http_request", params, env={"API_TOKEN": "t0ps3cret"}, allowed_hosts=[site.host]
+    )
     assert outcome.outputs["status"] == 201
     received = site.requests[-1]
     assert received["method"] == "POST"
@@ -121,20 +122,28 @@ def test_post_sends_json_and_headers_from_env(site: Site) -> None:
 def test_missing_header_variable_fails_before_any_request(site: Site) -> None:
     params = {"url": site.url("/json"), "headersFromEnv": {"X-Token": "NOPE"}}
     with pytest.raises(ToolFailure, match="NOPE is unset"):
-        call("http_request", params, env={"AGENT_HTTP_ALLOWED_HOSTS": site.host})
+        call("http_request", params, allowed_hosts=[site.host])
     assert site.requests == []
 
 
 def test_host_outside_the_allowlist_is_refused_unsent(site: Site) -> None:
     params = {"url": f"http://localhost:{site.port}/json"}
     with pytest.raises(ToolFailure, match=r"host 'localhost:\d+' is not allowed \(allowed: 127"):
-        call("http_request", params, env={"AGENT_HTTP_ALLOWED_HOSTS": site.host})
+        call("http_request", params, allowed_hosts=[site.host])
     assert site.requests == []
 
 
 def test_no_allowlist_at_all_refuses(site: Site) -> None:
-    with pytest.raises(ToolFailure, match="no host is allowed: set AGENT_HTTP_ALLOWED_HOSTS"):
+    with pytest.raises(
+        ToolFailure, match=r"the pool grants none; list the hosts .* spec.allowedHosts"
+    ):
         call("http_request", {"url": site.url("/json")})
+    assert site.requests == []
+
+
+def test_params_cannot_grant_a_host_the_pool_does_not(site: Site) -> None:
+    with pytest.raises(ToolFailure, match="the pool grants none"):
+        call("http_request", {"url": site.url("/json"), "allowedHosts": [site.host]})
     assert site.requests == []
 
 
@@ -145,48 +154,47 @@ def test_no_allowlist_at_all_refuses(site: Site) -> None:
 )
 def test_params_only_narrow_the_pool_allowlist(site: Site, pool: str, given: str) -> None:
     params = {"url": site.url("/json"), "allowedHosts": [given.format(host=site.host)]}
-    env = {"AGENT_HTTP_ALLOWED_HOSTS": pool.format(host=site.host)}
-    with pytest.raises(ToolFailure, match="no host is allowed"):
-        call("http_request", params, env=env)
+    with pytest.raises(ToolFailure, match="keeps none of the pool's"):
+        call("http_request", params, allowed_hosts=[pool.format(host=site.host)])
     assert site.requests == []
 
 
 def test_redirect_to_a_host_outside_the_allowlist_is_refused(site: Site) -> None:
-    params = {"url": site.url("/away"), "allowedHosts": [site.host]}
+    params = {"url": site.url("/away")}
     with pytest.raises(ToolFailure, match=r"'localhost:\d+' is not allowed"):
-        call("http_request", params)
+        call("http_request", params, allowed_hosts=[site.host])
     assert [r["path"] for r in site.requests] == ["/away"]
 
 
 def test_http_error_fails_with_status_and_body_unless_told_not_to(site: Site) -> None:
-    params: dict[str, Any] = {"url": site.url("/missing"), "allowedHosts": [site.host]}
+    params: dict[str, Any] = {"url": site.url("/missing")}
     with pytest.raises(ToolFailure, match="returned HTTP 404: no such page") as failure:
-        call("http_request", params)
+        call("http_request", params, allowed_hosts=[site.host])
     assert failure.value.outputs["status"] == 404
-    outcome = call("http_request", {**params, "failOnStatus": False})
+    outcome = call("http_request", {**params, "failOnStatus": False}, allowed_hosts=[site.host])
     assert outcome.outputs["status"] == 404
     assert outcome.outputs["body"] == "no such page"
 
 
 def test_large_body_is_truncated_and_not_parsed(site: Site) -> None:
-    params = {"url": site.url("/big"), "allowedHosts": [site.host], "maxBodyBytes": 1000}
-    outcome = call("http_request", params)
+    params = {"url": site.url("/big"), "maxBodyBytes": 1000}
+    outcome = call("http_request", params, allowed_hosts=[site.host])
     assert outcome.outputs["body"] == "x" * 1000
     assert outcome.outputs["truncated"] is True
     assert "json" not in outcome.outputs
 
 
 def test_head_has_no_body(site: Site) -> None:
-    params = {"url": site.url("/json"), "method": "HEAD", "allowedHosts": [site.host]}
-    outcome = call("http_request", params)
+    params = {"url": site.url("/json"), "method": "HEAD"}
+    outcome = call("http_request", params, allowed_hosts=[site.host])
     assert outcome.outputs["status"] == 200
     assert outcome.outputs["body"] == ""
 
 
 def test_slow_server_times_out(site: Site) -> None:
-    params = {"url": site.url("/slow"), "allowedHosts": [site.host], "timeoutSeconds": 0.2}
+    params = {"url": site.url("/slow"), "timeoutSeconds": 0.2}
     with pytest.raises(ToolTimeout):
-        call("http_request", params)
+        call("http_request", params, allowed_hosts=[site.host])
 
 
 def test_body_and_json_together_are_invalid() -> None:

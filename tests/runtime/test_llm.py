@@ -170,6 +170,18 @@ def test_agent_refuses_when_no_listed_tool_is_allowed(openai_server: ScriptedOpe
     assert openai_server.requests == []
 
 
+def test_agent_sub_calls_get_no_host_the_pool_does_not_grant(
+    openai_server: ScriptedOpenAI,
+) -> None:
+    # 127.0.0.1:1 refuses connections: had the call been let through, the error would say so.
+    request = {"url": "http://127.0.0.1:1/", "allowedHosts": ["127.0.0.1:1"]}
+    openai_server.reply(tool_calls([("http_request", request)]), text("done"))
+    params = {"goal": "g", "tools": ["http_request"]}
+    outcome = call("react_agent", params, env=KEY, model=model(openai_server))
+    [entry] = outcome.outputs["trace"]
+    assert not entry["ok"] and entry["error"].startswith("no host is allowed: the pool grants none")
+
+
 def test_agent_risk_is_its_riskiest_tool() -> None:
     registry = ToolRegistry.default()
     risk = REACT_AGENT_TOOL.effective_risk
