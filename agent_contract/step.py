@@ -13,6 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from agent_contract.pricing import Prices
+
 __all__ = [
     "API_KEY_ENV",
     "DEFAULT_TERMINATION_PATH",
@@ -58,6 +60,7 @@ class ModelSettings(BaseModel):
     temperature: float | None = None
     max_tokens: int | None = Field(default=None, alias="maxTokens")
     timeout_seconds: float = Field(default=60.0, alias="timeoutSeconds")
+    prices: Prices | None = None  # the pool's; None: the built-in table (`pricing.PRICES`)
 
 
 class Usage(BaseModel):

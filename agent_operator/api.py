@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from agent_contract import RiskLevel, Usage
+from agent_contract import Prices, RiskLevel, Usage
 
 GROUP = "agentoperator.io"
 VERSION = "v1alpha1"
@@ -502,6 +502,13 @@ class PoolModel(ApiModel):
     temperature: float | None = Field(default=None, ge=0, le=2, description="Sampling temperature.")
     max_tokens: int | None = Field(default=None, ge=1, description="Completion token cap.")
     timeout_seconds: float = Field(default=60, gt=0, description="Per-request timeout.")
+    prices: Prices | None = Field(
+        default=None,
+        description=(
+            "What the model's tokens cost, for spec.limits.maxCostUSD; omitted: the built-in "
+            "prices of OpenAI's models, and 0 for any other model."
+        ),
+    )
 
 
 class JobTemplate(ApiModel):

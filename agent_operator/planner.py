@@ -22,7 +22,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from openai.types.chat.completion_create_params import ResponseFormat
 from pydantic import TypeAdapter, ValidationError
 
-from agent_contract import API_KEY_ENV, ToolRegistry, ToolSpec, Usage
+from agent_contract import API_KEY_ENV, ToolRegistry, ToolSpec, Usage, cost_usd
 from agent_operator.api import AgentPoolSpec, AgentTaskSpec, PoolModel, Step
 from agent_operator.core.plan import InvalidPlan, PlanningResult, build_plan, granted_tools
 
@@ -30,17 +30,6 @@ log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-
-# US dollars per million (prompt, completion) tokens, as OpenAI published them. A model not
-# listed here (a local server, a newer model) is counted at 0: tokens are always exact, the
-# cost only as good as this table.
-PRICES_PER_MILLION: dict[str, tuple[float, float]] = {
-    "gpt-4o": (2.50, 10.00),
-    "gpt-4o-mini": (0.15, 0.60),
-    "gpt-4.1": (2.00, 8.00),
-    "gpt-4.1-mini": (0.40, 1.60),
-    "gpt-4.1-nano": (0.10, 0.40),
-}
 
 _MESSAGE_LIMIT = 1000  # characters of a failure message; it ends up in a status condition
 
@@ -64,15 +53,6 @@ def api_key_from_env(env: Mapping[str, str] | None = None) -> str | None:
     """The key the embedded runner uses: `OPENAI_API_KEY`, unset or empty meaning none."""
     value = (os.environ if env is None else env).get(API_KEY_ENV, "")
     return value or None
-
-
-def cost_usd(model: str, prompt_tokens: int, completion_tokens: int) -> float:
-    """Cost by the price table; a snapshot (`gpt-4o-2024-08-06`) is priced as its family."""
-    matches = [name for name in PRICES_PER_MILLION if model == name or model.startswith(name + "-")]
-    if not matches:
-        return 0.0
-    prompt_price, completion_price = PRICES_PER_MILLION[max(matches, key=len)]
-    return (prompt_tokens * prompt_price + completion_tokens * completion_price) / 1_000_000
 
 
 def _without_extensions(schema: Any) -> Any:
@@ -224,7 +204,7 @@ class _Planner:
                 continue
             if completion.usage is not None:
                 prompt, done = completion.usage.prompt_tokens, completion.usage.completion_tokens
-                cost = cost_usd(self.model.model, prompt, done)
+                cost = cost_usd(self.model.model, prompt, done, self.model.prices)
                 self.usage += Usage(tokens=prompt + done, cost_usd=cost)
             if not completion.choices:
                 return None

@@ -164,6 +164,34 @@ def test_a_failing_step_is_retried_then_fails_the_run_with_exit_1(tmp_path: Path
     assert "failed after 2 attempts: disk full" in result.stdout
 
 
+def test_a_step_that_spends_over_max_cost_fails_the_task_at_the_pools_prices(
+    tmp_path: Path,
+) -> None:
+    spec = {
+        "steps": [{"id": "ask", "tool": "llm_complete", "params": {"prompt": "hi"}}],
+        "limits": {"maxCostUSD": 0.5},
+    }
+    key = {"OPENAI_API_KEY": "sk-test"}
+    with ScriptedOpenAI(api_key="sk-test") as server:
+        model = {"baseURL": server.base_url, "model": "local-llm"}  # not in the price table
+        for prices, outcome in [
+            (None, "Succeeded"),
+            ({"inputPerMillion": 1000, "outputPerMillion": 1000}, "BudgetExceeded"),
+        ]:
+            server.reply(text("hello", prompt_tokens=1000, completion_tokens=200))
+            pool = {
+                "apiVersion": "agentoperator.io/v1alpha1",
+                "kind": "AgentPool",
+                "metadata": {"name": "default"},
+                "spec": {"model": {**model, **({"prices": prices} if prices else {})}},
+            }
+            path = write_task(tmp_path, task_doc(f"spend-{outcome.lower()}", spec), pool)
+            result = agent_operator(tmp_path, "-f", path, env=key)
+            assert outcome in result.stdout, result.stdout + result.stderr
+    assert result.returncode == 1
+    assert "spent $1.2000; spec.limits.maxCostUSD is 0.5" in result.stdout
+
+
 def test_bad_input_names_the_field_and_exits_2(tmp_path: Path) -> None:
     spec = {"steps": [{"id": "a", "tool": "noop", "retries": "many"}], "bogus": True}
     result = agent_operator(tmp_path, "-f", write_task(tmp_path, task_doc("bad", spec)))

@@ -14,16 +14,11 @@ from typing import Any
 import openai
 import pytest
 
-from agent_contract import RiskLevel, ToolRegistry
+from agent_contract import Prices, RiskLevel, ToolRegistry, cost_usd
 from agent_contract.builtin import basic
 from agent_operator.api import AgentPoolSpec, AgentTaskSpec, PoolModel
 from agent_operator.core.plan import PlanningResult
-from agent_operator.planner import (
-    PlanReason,
-    api_key_from_env,
-    cost_usd,
-    plan_with_llm,
-)
+from agent_operator.planner import PlanReason, api_key_from_env, plan_with_llm
 from tests.support.openai_server import ScriptedOpenAI, error, slow, text, tool_calls
 
 pytestmark = pytest.mark.llm
@@ -51,8 +46,11 @@ def plan(
     pool: AgentPoolSpec | None = None,
     api_key: str | None = KEY,
     timeout: float = 5,
+    prices: Prices | None = None,
 ) -> PlanningResult:
-    model = PoolModel(base_url=server.base_url, model="gpt-4o-mini", timeout_seconds=timeout)
+    model = PoolModel(
+        base_url=server.base_url, model="gpt-4o-mini", timeout_seconds=timeout, prices=prices
+    )
     return asyncio.run(
         plan_with_llm(SPEC, pool or AgentPoolSpec(), REGISTRY, api_key=api_key, model=model)
     )
@@ -267,6 +265,14 @@ def test_cost_table() -> None:
     assert cost_usd("gpt-4o", 1_000_000, 0) == pytest.approx(2.50)
     assert cost_usd("gpt-4o-mini-2024-07-18", 0, 1_000_000) == pytest.approx(0.60)
     assert cost_usd("llama3", 1_000_000, 1_000_000) == 0.0
+    own = Prices(input_per_million=1.0, output_per_million=3.0)
+    assert cost_usd("llama3", 1_000_000, 1_000_000, own) == pytest.approx(4.0)
+
+
+def test_the_pools_prices_override_the_table_for_planning(openai_server: ScriptedOpenAI) -> None:
+    openai_server.reply(text(json.dumps(GOOD_PLAN), prompt_tokens=1000, completion_tokens=200))
+    outcome = plan(openai_server, prices=Prices(input_per_million=10, output_per_million=50))
+    assert outcome.usage.cost_usd == pytest.approx((1000 * 10 + 200 * 50) / 1e6)
 
 
 # --- the scripted server itself, which other test tiers rely on --------------------------

@@ -31,6 +31,7 @@ def step_invocation(task: AgentTask, pool: AgentPoolSpec, start: StartStep) -> S
                 temperature=model.temperature,
                 max_tokens=model.max_tokens,
                 timeout_seconds=model.timeout_seconds,
+                prices=model.prices,
             )
             if model
             else None

@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from agent_contract import ModelSettings, Usage
+from agent_contract import ModelSettings, Usage, cost_usd
 from agent_contract.builtin import llm as specs
 from agent_contract.builtin.llm import REACT_AGENT
 from agent_runtime.executor import run_tool
@@ -82,8 +82,13 @@ def _reason(exc: Any) -> str:
     return str(exc.message)
 
 
-def _usage(completion: ChatCompletion) -> Usage:
-    return Usage(tokens=completion.usage.total_tokens if completion.usage else 0)
+def _usage(completion: ChatCompletion, settings: ModelSettings) -> Usage:
+    """Tokens and their cost at the pool's prices, so steps count against maxCostUSD."""
+    if completion.usage is None:
+        return Usage()
+    used = completion.usage
+    cost = cost_usd(settings.model, used.prompt_tokens, used.completion_tokens, settings.prices)
+    return Usage(tokens=used.total_tokens, cost_usd=cost)
 
 
 def _llm_complete(params: dict[str, Any], ctx: ToolContext) -> ToolOutcome:
@@ -99,7 +104,7 @@ def _llm_complete(params: dict[str, Any], ctx: ToolContext) -> ToolOutcome:
         extra["response_format"] = {"type": "json_object"}
     with client:
         completion = _complete(client, settings, ctx, params, **extra)
-    usage = _usage(completion)
+    usage = _usage(completion, settings)
     choice = completion.choices[0]
     outputs: dict[str, Any] = {
         "text": choice.message.content or "",
@@ -202,7 +207,7 @@ class _Agent:
             exc.outputs.setdefault("trace", self.trace)
             exc.usage = self.usage
             raise
-        self.usage += _usage(completion)
+        self.usage += _usage(completion, settings)
         return completion
 
     def _observe(self, call: ChatCompletionMessageToolCallUnion, *, over_limit: bool) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from agent_contract import ModelSettings, RiskLevel, ToolRegistry
+from agent_contract import ModelSettings, Prices, RiskLevel, ToolRegistry
 from agent_contract.builtin.llm import REACT_AGENT_TOOL
 from agent_runtime.registry import ToolFailure, ToolTimeout
 from tests.runtime.helpers import call
@@ -37,6 +37,22 @@ def test_completion_returns_text_and_tokens(openai_server: ScriptedOpenAI) -> No
     ]
     assert sent["temperature"] == 0.1
     assert sent["max_tokens"] == 5
+
+
+def test_llm_tools_count_cost_at_the_pools_prices_else_the_tables(
+    openai_server: ScriptedOpenAI,
+) -> None:
+    openai_server.reply(*[text("hi", prompt_tokens=1000, completion_tokens=200)] * 3)
+    settings = ModelSettings(base_url=openai_server.base_url, model="gpt-4o-mini")
+    outcome = call("llm_complete", {"prompt": "hi"}, env=KEY, model=settings)
+    assert outcome.usage.cost_usd == pytest.approx((1000 * 0.15 + 200 * 0.60) / 1e6)
+    own = settings.model_copy(
+        update={"prices": Prices(input_per_million=10, output_per_million=50)}
+    )
+    outcome = call("llm_complete", {"prompt": "hi"}, env=KEY, model=own)
+    assert outcome.usage.cost_usd == pytest.approx((1000 * 10 + 200 * 50) / 1e6)
+    outcome = call("react_agent", {"goal": "g", "tools": ["noop"]}, env=KEY, model=own)
+    assert outcome.usage.cost_usd == pytest.approx((1000 * 10 + 200 * 50) / 1e6)
 
 
 def test_completion_can_ask_for_and_parse_json(openai_server: ScriptedOpenAI) -> None:
