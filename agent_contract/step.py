@@ -23,6 +23,7 @@ __all__ = [
     "MESSAGE_LIMIT",
     "STEP_ENV",
     "TERMINATION_PATH_ENV",
+    "TIMED_OUT",
     "ModelSettings",
     "StepInvocation",
     "StepResult",
@@ -43,6 +44,7 @@ MAX_RESULT_BYTES = 1024 * 1024
 # the rest of the invocation (names, allowed tools, model settings).
 _ENV_STRING_LIMIT = 128 * 1024
 MAX_PARAMS_BYTES = _ENV_STRING_LIMIT - 8 * 1024
+TIMED_OUT = "TimedOut"  # the reason of a step whose tool ran into the step's timeout
 
 
 class ModelSettings(BaseModel):
@@ -108,6 +110,7 @@ class StepResult(BaseModel):
     ok: bool
     outputs: dict[str, Any] = Field(default_factory=dict)
     message: str = ""
+    reason: str | None = None  # why it failed, when the runtime knows: TIMED_OUT
     usage: Usage = Field(default_factory=Usage)
     in_log: bool = Field(default=False, alias="inLog")
 

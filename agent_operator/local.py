@@ -8,8 +8,10 @@ result, from the last line of the step's log file, as a Job's is from its pod's 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field, replace
@@ -23,6 +25,8 @@ from agent_contract import MAX_RESULT_BYTES, STEP_ENV, StepInvocation, StepResul
 from agent_operator.core.decide import RunState, StepRun
 
 __all__ = ["LocalExecutor", "read_result"]
+
+STOP_GRACE_SECONDS = 5.0  # between SIGTERM and SIGKILL when a step is stopped
 
 
 @dataclass
@@ -83,10 +87,15 @@ class LocalExecutor:
         )
 
     def stop(self, step_id: str, attempt: int, reason: str) -> None:
+        """Stop the attempt as the kubelet stops a pod: SIGTERM (the runtime then kills the
+        process groups its tools started), SIGKILL after a grace, to the whole group."""
         process = self._processes.get((step_id, attempt))
         if process is not None and process.popen.poll() is None:
             process.stopped = reason
-            process.popen.kill()
+            _signal_group(process.popen.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.popen.wait(STOP_GRACE_SECONDS)
+            _signal_group(process.popen.pid, signal.SIGKILL)  # what is left of its group
             process.popen.wait()
 
     def stop_all(self, reason: str) -> None:
@@ -125,9 +134,15 @@ class LocalExecutor:
             finished_at=finished,
             outputs=result.outputs,
             message=result.message,
-            reason=None if ok else f"ExitCode{code}",
+            reason=None if ok else result.reason or f"ExitCode{code}",
             usage=result.usage,
         )
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    """Signal every process of a step (each leads its own session, so its group is its pid)."""
+    with contextlib.suppress(ProcessLookupError):  # the group has ended
+        os.killpg(pgid, signum)
 
 
 def read_result(path: Path, exit_code: int, log_path: Path) -> StepResult:

@@ -1,11 +1,13 @@
 """`agent-runtime run-step`: the program a step Job runs.
 
 It trusts nothing it is handed (defense in depth: the operator has already checked the same
-rules), runs one tool under a hard deadline and reports a JSON `StepResult` through the pod's
-termination message, which Kubernetes caps at 4 KiB, and as stdout's last line. A larger
-result leaves a summary marked `inLog` in the termination message, and the operator reads
-the full one from the pod's log; the step holds no credential for any store. Exit codes:
-0 success, 1 the tool failed, 2 the invocation is invalid (retrying cannot help).
+rules), runs one tool under the step's timeout (the runtime owns it: a tool that runs into it
+ends as `TimedOut` with the outputs it has; the operator steps in only after a grace) and
+reports a JSON `StepResult` through the pod's termination message, which Kubernetes caps at
+4 KiB, and as stdout's last line. A larger result leaves a summary marked `inLog` in the
+termination message, and the operator reads the full one from the pod's log; the step holds
+no credential for any store. Exit codes: 0 success, 1 the tool failed, 2 the invocation is
+invalid (retrying cannot help).
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Mapping
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import yaml
@@ -28,13 +32,14 @@ from agent_contract import (
     MESSAGE_LIMIT,
     STEP_ENV,
     TERMINATION_PATH_ENV,
+    TIMED_OUT,
     StepInvocation,
     StepResult,
     Usage,
 )
-from agent_runtime.executor import run_tool
+from agent_runtime.executor import kill_process_groups, run_tool
 from agent_runtime.redaction import redact, referenced_variables, secret_values
-from agent_runtime.registry import Toolbox, ToolContext, ToolFailure
+from agent_runtime.registry import Toolbox, ToolContext, ToolFailure, ToolTimeout
 
 __all__ = ["InvalidInvocation", "check_invocation", "execute", "fit_message", "main"]
 
@@ -112,7 +117,13 @@ def execute(invocation: StepInvocation, toolbox: Toolbox, env: Mapping[str, str]
     try:
         outcome = run_tool(tool, invocation.params, ctx, timeout)
     except ToolFailure as exc:
-        return StepResult(ok=False, outputs=exc.outputs, message=exc.message, usage=exc.usage)
+        return StepResult(
+            ok=False,
+            outputs=exc.outputs,
+            message=exc.message,
+            reason=TIMED_OUT if isinstance(exc, ToolTimeout) else None,
+            usage=exc.usage,
+        )
     return StepResult(ok=True, outputs=outcome.outputs, usage=outcome.usage)
 
 
@@ -219,7 +230,17 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     return parser
 
 
+def _terminated(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM (the pod deleted, the local runner stopping the step): nothing left behind."""
+    kill_process_groups()
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ)
     args = _parser(env).parse_args(argv)
-    return run_step(args, env)
+    signal.signal(signal.SIGTERM, _terminated)
+    try:
+        return run_step(args, env)
+    finally:
+        kill_process_groups()  # a tool abandoned at its deadline may still have some

@@ -192,6 +192,20 @@ def test_a_step_that_spends_over_max_cost_fails_the_task_at_the_pools_prices(
     assert "spent $1.2000; spec.limits.maxCostUSD is 0.5" in result.stdout
 
 
+def test_a_step_whose_tool_overruns_ends_as_timed_out_with_its_partial_outputs(
+    tmp_path: Path,
+) -> None:
+    step = {"id": "slow", "tool": "shell", "params": {"command": "echo partial; sleep 30"}}
+    spec = {"steps": [{**step, "timeoutSeconds": 2}], "safety": {"level": "permissive"}}
+    result = agent_operator(tmp_path, "-f", write_task(tmp_path, task_doc("overrun", spec)))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "step slow TimedOut: failed after 1 attempt: shell timed out after 2s" in result.stdout
+    with Store.open(dsn(tmp_path)) as store:
+        [attempt] = store.attempts(only_task(store))
+    assert attempt.phase == "Failed"
+    assert attempt.outputs is not None and attempt.outputs["stdout"] == "partial\n"
+
+
 def test_bad_input_names_the_field_and_exits_2(tmp_path: Path) -> None:
     spec = {"steps": [{"id": "a", "tool": "noop", "retries": "many"}], "bogus": True}
     result = agent_operator(tmp_path, "-f", write_task(tmp_path, task_doc("bad", spec)))

@@ -44,6 +44,9 @@ from agent_operator.core.templating import (
 )
 
 MAX_BACKOFF = timedelta(minutes=10)
+# The runtime stops a step at its timeout and reports `TimedOut` with what it has; the shells
+# step in only this long after (a hung or killed runtime), as does a Job's own deadline.
+DEADLINE_GRACE_SECONDS = 30
 # The approver of an Approved request that names none: no admission policy recorded who set
 # the decision (the operator runs without its chart). The decision counts all the same.
 UNRECORDED_APPROVER = "(approver not recorded)"
@@ -366,10 +369,13 @@ def _runs_by_step(runs: Sequence[StepRun]) -> dict[str, list[StepRun]]:
     return grouped
 
 
+def _deadline(started_at: datetime, step: PlannedStep) -> datetime:
+    """When the operator stops an attempt the runtime has not ended: timeout plus grace."""
+    return started_at + timedelta(seconds=step.timeout_seconds + DEADLINE_GRACE_SECONDS)
+
+
 def _timed_out(run: StepRun, step: PlannedStep, now: datetime) -> bool:
-    return run.state == RunState.running and now >= run.started_at + timedelta(
-        seconds=step.timeout_seconds
-    )
+    return run.state == RunState.running and now >= _deadline(run.started_at, step)
 
 
 def _run(observed: Observed, status: AgentTaskStatus, merged: list[StepRun]) -> Decision:
@@ -414,7 +420,7 @@ def _run(observed: Observed, status: AgentTaskStatus, merged: list[StepRun]) -> 
                 queued.append(step.id)
                 continue
             slots -= 1
-            wake.append(now + timedelta(seconds=step.timeout_seconds))
+            wake.append(_deadline(now, step))
             approval = observed.approvals.get(step.id)
             actions.append(
                 StartStep(
@@ -537,13 +543,16 @@ def _step_view(
             view.message = summarize(latest.outputs)
             return view, None
         if latest.state == RunState.running and not _timed_out(latest, step, now):
-            wake.append(latest.started_at + timedelta(seconds=step.timeout_seconds))
+            wake.append(_deadline(latest.started_at, step))
             return view, None
         if latest.state == RunState.running:
             actions.append(StopStep(step.id, latest.attempt, "TimedOut"))
-            view.finished_at = latest.started_at + timedelta(seconds=step.timeout_seconds)
+            view.finished_at = _deadline(latest.started_at, step)
             view.reason = "TimedOut"
-            view.message = f"attempt {latest.attempt} timed out after {step.timeout_seconds}s"
+            view.message = (
+                f"attempt {latest.attempt} did not end within its timeout of "
+                f"{step.timeout_seconds}s and {DEADLINE_GRACE_SECONDS}s of grace"
+            )
         if latest.attempt > step.retries:
             view.phase, view.reason = StepPhase.failed, view.reason or "Failed"
             view.message = _attempts_message(latest.attempt, view.message)

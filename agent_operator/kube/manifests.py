@@ -23,7 +23,7 @@ from agent_operator.api import (
     ObjectMeta,
     TaskRef,
 )
-from agent_operator.core.decide import RequestApproval, StartStep
+from agent_operator.core.decide import DEADLINE_GRACE_SECONDS, RequestApproval, StartStep
 from agent_operator.core.invocation import step_invocation
 from agent_operator.core.naming import MAX_JOB_NAME, job_name
 from agent_operator.redact import redact
@@ -44,9 +44,6 @@ MANAGED_SELECTOR = f"{MANAGED_BY[0]}={MANAGED_BY[1]}"
 
 CONTAINER = "step"
 RUN_AS_USER = 65532  # the runtime image's numeric USER
-# The runtime stops the tool at the step's exact timeout and reports it; the Job's own
-# deadline only catches a runtime that could not (hung, killed before reporting).
-DEADLINE_GRACE_SECONDS = 30
 TMP_VOLUME = "tmp"  # a writable /tmp under a read-only root filesystem
 MAX_LABEL_VALUE = 63
 

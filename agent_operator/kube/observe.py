@@ -78,10 +78,10 @@ def run_from_job(job: Obj, pod: Obj | None, load_result: LoadResult | None) -> S
                 message=result.message,
                 usage=result.usage,
             )
-        reason: str | None = f"ExitCode{code}"
+        reason: str | None = result.reason or f"ExitCode{code}"
         message = result.message
     else:
-        reason = ending.reason
+        reason = (result.reason if result else None) or ending.reason
         message = result.message if result and result.message else ending.message
     return replace(
         run,

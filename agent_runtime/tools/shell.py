@@ -17,6 +17,7 @@ from typing import IO, Any
 
 from agent_contract.builtin import shell as specs
 from agent_contract.builtin.shell import DEFAULT_TIMEOUT
+from agent_runtime.executor import process_group
 from agent_runtime.registry import Tool, ToolContext, ToolFailure, ToolOutcome, ToolTimeout
 
 __all__ = ["SHELL", "TOOLS"]
@@ -72,14 +73,15 @@ def _run(params: dict[str, Any], ctx: ToolContext) -> ToolOutcome:
             )
         except OSError as exc:
             raise ToolFailure(f"cannot run {argv[0]!r}: {exc.strerror or exc}") from None
-        try:
-            process.communicate(params.get("stdin", "").encode() or None, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-        else:
-            timed_out = False
-        finally:
-            _kill_group(process)  # also what the command left running in the background
+        with process_group(process.pid):
+            try:
+                process.communicate(params.get("stdin", "").encode() or None, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+            else:
+                timed_out = False
+            finally:
+                _kill_group(process)  # also what the command left running in the background
         stdout, stdout_truncated = _head(out, limit)
         stderr, stderr_truncated = _tail(err, limit)
     outputs = {

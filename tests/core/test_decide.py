@@ -15,6 +15,7 @@ from agent_operator.api import (
     TaskPhase,
 )
 from agent_operator.core.decide import (
+    DEADLINE_GRACE_SECONDS,
     UNRECORDED_APPROVER,
     EventKind,
     Observed,
@@ -207,7 +208,7 @@ def test_retries_back_off_exponentially_then_fail() -> None:
     assert backoff(10, 20) == timedelta(minutes=10)
 
 
-def test_a_step_past_its_timeout_is_stopped_and_retried() -> None:
+def test_a_step_the_runtime_did_not_end_is_stopped_after_its_timeout_and_grace() -> None:
     w = world(
         {
             "steps": [{"id": "a", **NOOP, "timeoutSeconds": 30, "retries": 1}],
@@ -215,8 +216,14 @@ def test_a_step_past_its_timeout_is_stopped_and_retried() -> None:
         }
     )
     d = w.step()
-    assert d.requeue_at == T0 + timedelta(seconds=30)
-    w.advance(30)
+    deadline = T0 + timedelta(seconds=30 + DEADLINE_GRACE_SECONDS)
+    assert d.requeue_at == deadline
+    w.advance(30)  # the runtime's own deadline: its report of TimedOut is on its way
+    d = w.step()
+    assert d.actions == [] and w.phase_of("a") == "Running"
+    w.advance(DEADLINE_GRACE_SECONDS - 1)
+    assert w.step().actions == []
+    w.advance(1)
     d = w.step()
     assert StopStep("a", 1, "TimedOut") in d.actions
     assert started(d) == [("a", 2)]
@@ -501,7 +508,7 @@ def test_a_recorded_end_is_final_and_recorded_once() -> None:
 def test_a_stopped_attempt_is_recorded_with_the_reason_it_was_stopped() -> None:
     w = world({"steps": [{"id": "a", **NOOP, "timeoutSeconds": 30}]})
     w.step()
-    w.advance(30)
+    w.advance(30 + DEADLINE_GRACE_SECONDS)
     d = w.step()
     assert [(r.step_id, r.attempt, r.reason) for r in d.finished] == [("a", 1, "TimedOut")]
 

@@ -70,6 +70,7 @@ def test_success_reports_outputs(tmp_path: Path) -> None:
         "ok": True,
         "outputs": {"answer": 42},
         "message": "",
+        "reason": None,
         "usage": {"tokens": 0, "costUSD": 0.0},
         "inLog": False,
     }
@@ -100,6 +101,17 @@ def test_tool_failure_exits_1_with_its_message(tmp_path: Path) -> None:
     assert run.result["ok"] is False
     assert run.result["message"] == "command exited with code 4: no"
     assert run.result["outputs"]["exitCode"] == 4
+
+
+def test_a_tool_past_the_steps_timeout_reports_timed_out_with_its_partial_outputs(
+    tmp_path: Path,
+) -> None:
+    params = {"command": "echo partial; sleep 30"}
+    run = run_step(tmp_path, {**STEP, "tool": "shell", "params": params, "timeoutSeconds": 1})
+    assert run.code == 1
+    assert run.result["reason"] == "TimedOut"
+    assert run.result["message"] == "shell timed out after 1s"
+    assert run.result["outputs"]["stdout"] == "partial\n"
 
 
 def test_invalid_params_exit_2_naming_field_and_allowed_values(tmp_path: Path) -> None:
