@@ -276,6 +276,15 @@ def test_a_failed_step_reports_its_message_outputs_and_usage() -> None:
     assert run.finished_at == T_FINISHED
 
 
+def test_a_step_the_runtime_timed_out_keeps_its_reason_and_partial_outputs() -> None:
+    message = result(
+        False, outputs={"stdout": "partial"}, message="shell timed out after 2s", reason="TimedOut"
+    )
+    run = run_from_job(job(BACKOFF, failed=1), pod("Failed", terminated(1, message)), no_log)
+    assert run.state == RunState.failed and run.reason == "TimedOut"
+    assert run.outputs == {"stdout": "partial"}
+
+
 def test_a_failed_job_without_its_pod_keeps_the_conditions_reason() -> None:
     run = run_from_job(job(BACKOFF, failed=1), None, None)
     assert run.state == RunState.failed and run.reason == "BackoffLimitExceeded"
