@@ -580,6 +580,30 @@ def test_failing_step_is_retried_then_fails_the_task(
     assert ("StepStarted", "step flaky: attempt 2") in seen, seen
 
 
+def test_a_step_whose_tool_overruns_ends_as_timed_out_with_its_partial_outputs(
+    operator: OperatorProcess, kubectl: Kubectl, namespace: str
+) -> None:
+    steps = [
+        {
+            "id": "slow",
+            "tool": "shell",
+            "params": {"command": "echo partial; sleep 60"},
+            "timeoutSeconds": 3,
+        }
+    ]
+    manifest = task("overrun", steps, safety={"level": "permissive"})
+    apply_yaml(kubectl, namespace, pool("default"), manifest)
+    found = finished(kubectl, namespace, "overrun")
+    status = expect_phase(found, "Failed")
+    slow = steps_of(status)["slow"]
+    assert slow["phase"] == "Failed" and slow["reason"] == "TimedOut", slow
+    assert "shell timed out after 3s" in status["message"]
+    [ended_pod] = pods_of(kubectl, namespace, found["metadata"]["uid"])
+    ended = ended_pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    result = json.loads(ended["message"])  # the runtime reported, before any deadline of its Job
+    assert (result["reason"], result["outputs"]["stdout"]) == ("TimedOut", "partial\n")
+
+
 def test_deleting_a_running_task_removes_its_jobs_and_pods(
     operator: OperatorProcess, kubectl: Kubectl, kubelet: LocalKubelet | None, namespace: str
 ) -> None:
