@@ -60,6 +60,7 @@ VALUE_SETS: dict[str, Obj] = {
                 "apiKeySecret": "openai",
             },
             "tools": [],
+            "allowedHosts": ["api.example.com", "*.svc.example.com"],
         },
         "imagePullSecrets": [{"name": "regcred"}],
         "podAnnotations": {"example.com/team": "agents"},
@@ -563,8 +564,10 @@ def test_pool_model_comes_from_values(rendered: dict[str, Rendered]) -> None:
             "apiKeySecretRef": {"name": "openai", "key": "api-key"},
         }
         assert "tools" not in pool["spec"]  # empty: every registered tool
+        assert pool["spec"]["allowedHosts"] == ["api.example.com", "*.svc.example.com"]
     default = rendered["defaults"].one("AgentPool")["spec"]
     assert "model" not in default and default["tools"] == ["noop", "http_request", "llm_complete"]
+    assert "allowedHosts" not in default  # empty: network tools reach no host
 
 
 def test_notes_say_what_to_do_next(rendered: dict[str, Rendered]) -> None:
