@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from agent_contract import MAX_RESULT_BYTES, STEP_ENV, StepInvocation, StepResult, full_result
 from agent_operator.core.decide import RunState, StepRun
+from agent_operator.core.reasons import exit_code
 
 __all__ = ["LocalExecutor", "read_result"]
 
@@ -134,7 +135,7 @@ class LocalExecutor:
             finished_at=finished,
             outputs=result.outputs,
             message=result.message,
-            reason=None if ok else result.reason or f"ExitCode{code}",
+            reason=None if ok else result.reason or exit_code(code),
             usage=result.usage,
         )
 

@@ -25,6 +25,7 @@ from pydantic import TypeAdapter, ValidationError
 from agent_contract import API_KEY_ENV, ToolRegistry, ToolSpec, Usage, cost_usd
 from agent_operator.api import AgentPoolSpec, AgentTaskSpec, PoolModel, Step
 from agent_operator.core.plan import InvalidPlan, PlanningResult, build_plan, granted_tools
+from agent_operator.core.reasons import Reason
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +38,10 @@ _MESSAGE_LIMIT = 1000  # characters of a failure message; it ends up in a status
 class PlanReason(StrEnum):
     """Why planning failed; the task's condition carries it."""
 
-    invalid_plan = "InvalidPlan"
-    llm_error = "LLMError"
-    llm_timeout = "LLMTimeout"
-    missing_api_key = "MissingAPIKey"
+    invalid_plan = Reason.invalid_plan
+    llm_error = Reason.llm_error
+    llm_timeout = Reason.llm_timeout
+    missing_api_key = Reason.missing_api_key
 
 
 class _ResponseFormat(StrEnum):

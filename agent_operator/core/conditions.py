@@ -12,6 +12,7 @@ from agent_operator.api import (
     StepPhase,
     TaskPhase,
 )
+from agent_operator.core.reasons import Reason
 
 T, F, U = ConditionStatus.true, ConditionStatus.false, ConditionStatus.unknown
 
@@ -42,28 +43,36 @@ def task_conditions(status: AgentTaskStatus, task: AgentTask, now: datetime) -> 
     if status.plan is not None:
         planned = cond("Planned", T, "Planned", f"{len(status.plan)} steps")
     elif phase == TaskPhase.failed:
-        planned = cond("Planned", F, status.reason or "PlanningFailed", status.message or "")
+        planned = cond("Planned", F, status.reason or Reason.planning_failed, status.message or "")
     else:
         planned = cond("Planned", U, "Planning", "waiting for a plan")
 
     waiting = [s.id for s in status.steps if s.phase == StepPhase.waiting_approval]
-    rejected = [s.id for s in status.steps if s.reason in ("ApprovalRejected", "ApprovalExpired")]
+    rejected = [
+        s.id
+        for s in status.steps
+        if s.reason in (Reason.approval_rejected, Reason.approval_expired)
+    ]
     if waiting:
-        approved = cond("Approved", F, "WaitingForApproval", "waiting: " + ", ".join(waiting))
+        approved = cond(
+            "Approved", F, Reason.waiting_for_approval, "waiting: " + ", ".join(waiting)
+        )
     elif rejected:
-        approved = cond("Approved", F, "ApprovalRejected", "not approved: " + ", ".join(rejected))
+        approved = cond(
+            "Approved", F, Reason.approval_rejected, "not approved: " + ", ".join(rejected)
+        )
     else:
         approved = cond("Approved", T, "NoApprovalPending", "no step waits for approval")
 
     if phase.terminal:
         progressing = cond("Progressing", F, status.reason or phase.value, status.message or "")
-    elif status.reason == "Suspended":
-        progressing = cond("Progressing", F, "Suspended", status.message or "")
+    elif status.reason == Reason.suspended:
+        progressing = cond("Progressing", F, Reason.suspended, status.message or "")
     else:
         progressing = cond("Progressing", T, status.reason or phase.value, status.message or "")
 
     if phase == TaskPhase.succeeded:
-        ready = cond("Ready", T, "Succeeded", status.message or "")
+        ready = cond("Ready", T, Reason.succeeded, status.message or "")
     else:
         ready = cond("Ready", F, status.reason or phase.value, status.message or "")
 

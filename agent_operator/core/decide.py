@@ -34,6 +34,7 @@ from agent_operator.api import (
 )
 from agent_operator.core.conditions import task_conditions
 from agent_operator.core.plan import InvalidPlan, PlanningResult, build_plan
+from agent_operator.core.reasons import Reason
 from agent_operator.core.safety import in_window, next_window_open
 from agent_operator.core.summary import summarize
 from agent_operator.core.templating import (
@@ -262,7 +263,7 @@ def merge_runs(
             merged[key] = _ended(
                 run,
                 now,
-                "Lost",
+                Reason.lost,
                 f"attempt {run.attempt} was started, but its Job or process is gone and no "
                 "outcome was recorded",
             )
@@ -284,7 +285,7 @@ def _decide(observed: Observed, runs: list[StepRun]) -> Decision:
     status.observed_generation = task.metadata.generation
     if observed.failure is not None:
         stop: list[Action] = [
-            StopStep(r.step_id, r.attempt, "TaskFailed")
+            StopStep(r.step_id, r.attempt, Reason.task_failed)
             for r in runs
             if r.state == RunState.running
         ]
@@ -292,7 +293,7 @@ def _decide(observed: Observed, runs: list[StepRun]) -> Decision:
         return _finish(observed, status, stop, TaskPhase.failed, failure.reason, failure.message)
     if status.plan is None:
         if task.metadata.deletion_timestamp is not None:
-            return _finish(observed, status, [], TaskPhase.cancelled, "Cancelled", "deleted")
+            return _finish(observed, status, [], TaskPhase.cancelled, Reason.cancelled, "deleted")
         planning = _plan(observed, status)
         if planning is not None:
             return planning
@@ -306,7 +307,7 @@ def _plan(observed: Observed, status: AgentTaskStatus) -> Decision | None:
         try:
             built = build_plan(spec.steps, spec, observed.pool, observed.registry)
         except InvalidPlan as error:
-            return _fail_planning(observed, status, "InvalidPlan", str(error))
+            return _fail_planning(observed, status, Reason.invalid_plan, str(error))
         status.plan = [s.model_copy(update={"params": {}}) for s in built]  # in the spec
     elif observed.planning is None:
         status.phase = TaskPhase.planning
@@ -319,7 +320,7 @@ def _plan(observed: Observed, status: AgentTaskStatus) -> Decision | None:
             return _fail_planning(
                 observed,
                 status,
-                observed.planning.reason or "PlanningFailed",
+                observed.planning.reason or Reason.planning_failed,
                 observed.planning.message or "the planner returned no plan",
             )
         status.plan = observed.planning.plan
@@ -388,10 +389,10 @@ def _run(observed: Observed, status: AgentTaskStatus, merged: list[StepRun]) -> 
     status.usage = sum(
         (r.usage for rs in runs.values() for r in rs), status.planning_usage or Usage()
     )
-    stop_all: list[Action] = [StopStep(r.step_id, r.attempt, "TaskEnded") for r in running]
+    stop_all: list[Action] = [StopStep(r.step_id, r.attempt, Reason.task_ended) for r in running]
 
     if task.metadata.deletion_timestamp is not None:
-        return _finish(observed, status, stop_all, TaskPhase.cancelled, "Cancelled", "deleted")
+        return _finish(observed, status, stop_all, TaskPhase.cancelled, Reason.cancelled, "deleted")
     limit = _limit_exceeded(observed, status)
     if limit:
         return _finish(observed, status, stop_all, TaskPhase.failed, *limit)
@@ -416,7 +417,10 @@ def _run(observed: Observed, status: AgentTaskStatus, merged: list[StepRun]) -> 
         ready.sort(key=lambda r: plan.index(r[0]))
         for step, attempt, params in ready:
             if slots <= 0:
-                views[step.id].phase, views[step.id].reason = StepPhase.queued, "WaitingForCapacity"
+                views[step.id].phase, views[step.id].reason = (
+                    StepPhase.queued,
+                    Reason.waiting_for_capacity,
+                )
                 queued.append(step.id)
                 continue
             slots -= 1
@@ -437,7 +441,7 @@ def _run(observed: Observed, status: AgentTaskStatus, merged: list[StepRun]) -> 
                 phase=StepPhase.running,
                 attempt=attempt,
                 started_at=now,
-                reason="Starting",
+                reason=Reason.starting,
                 message=None,
             )
 
@@ -455,14 +459,14 @@ def _run(observed: Observed, status: AgentTaskStatus, merged: list[StepRun]) -> 
             first = views[failed[0]]
             reason = (
                 first.reason
-                if first.reason in ("ApprovalExpired", "ApprovalRejected")
-                else "StepFailed"
+                if first.reason in (Reason.approval_expired, Reason.approval_rejected)
+                else Reason.step_failed
             )
             message = f"step {failed[0]!r} failed: {first.message or first.reason}"
             return _finish(observed, status, actions, TaskPhase.failed, reason, message)
     elif all(v.phase.done for v in views.values()):
         return _finish(
-            observed, status, actions, TaskPhase.succeeded, "Succeeded", _done_message(views)
+            observed, status, actions, TaskPhase.succeeded, Reason.succeeded, _done_message(views)
         )
 
     if any(v.phase == StepPhase.running for v in views.values()) or not any(
@@ -492,18 +496,18 @@ def _limit_exceeded(observed: Observed, status: AgentTaskStatus) -> tuple[str, s
         seconds=limits.active_deadline_seconds
     ):
         return (
-            "DeadlineExceeded",
+            Reason.deadline_exceeded,
             f"the task ran longer than spec.limits.activeDeadlineSeconds "
             f"({limits.active_deadline_seconds}s)",
         )
     if limits.max_tokens is not None and status.usage.tokens > limits.max_tokens:
         return (
-            "BudgetExceeded",
+            Reason.budget_exceeded,
             f"used {status.usage.tokens} tokens; spec.limits.maxTokens is {limits.max_tokens}",
         )
     if limits.max_cost_usd is not None and status.usage.cost_usd > limits.max_cost_usd:
         return (
-            "BudgetExceeded",
+            Reason.budget_exceeded,
             f"spent ${status.usage.cost_usd:.4f}; spec.limits.maxCostUSD is {limits.max_cost_usd}",
         )
     return None
@@ -539,29 +543,33 @@ def _step_view(
             reason=latest.reason,
         )
         if latest.state == RunState.succeeded:
-            view.phase, view.outputs, view.reason = StepPhase.succeeded, latest.outputs, "Succeeded"
+            view.phase, view.outputs, view.reason = (
+                StepPhase.succeeded,
+                latest.outputs,
+                Reason.succeeded,
+            )
             view.message = summarize(latest.outputs)
             return view, None
         if latest.state == RunState.running and not _timed_out(latest, step, now):
             wake.append(_deadline(latest.started_at, step))
             return view, None
         if latest.state == RunState.running:
-            actions.append(StopStep(step.id, latest.attempt, "TimedOut"))
+            actions.append(StopStep(step.id, latest.attempt, Reason.timed_out))
             view.finished_at = _deadline(latest.started_at, step)
-            view.reason = "TimedOut"
+            view.reason = Reason.timed_out
             view.message = (
                 f"attempt {latest.attempt} did not end within its timeout of "
                 f"{step.timeout_seconds}s and {DEADLINE_GRACE_SECONDS}s of grace"
             )
         if latest.attempt > step.retries:
-            view.phase, view.reason = StepPhase.failed, view.reason or "Failed"
+            view.phase, view.reason = StepPhase.failed, view.reason or Reason.failed
             view.message = _attempts_message(latest.attempt, view.message)
             return view, None
         retry_at = (view.finished_at or now) + backoff(
             observed.task.spec.limits.backoff_seconds, latest.attempt
         )
         if now < retry_at:
-            view.phase, view.reason = StepPhase.retrying, "BackingOff"
+            view.phase, view.reason = StepPhase.retrying, Reason.backing_off
             view.message = (
                 f"attempt {latest.attempt} failed ({view.message}); next at {retry_at:%H:%M:%S}"
             )
@@ -589,7 +597,7 @@ def _prepare(
     deps = [views[d] for d in step.depends_on]
     pending = _StepView(phase=StepPhase.pending, attempt=attempt - 1)
     if any(not d.phase.done for d in deps) or any(d.phase == StepPhase.failed for d in deps):
-        pending.reason = "WaitingForDependencies"
+        pending.reason = Reason.waiting_for_dependencies
         return pending, None
     outputs = {sid: v.outputs for sid, v in views.items() if v.phase == StepPhase.succeeded}
     if step.when is not None and attempt == 1:
@@ -598,17 +606,21 @@ def _prepare(
                 step.when, outputs, {sid: v.phase.value for sid, v in views.items()}, spec.inputs
             ):
                 return _StepView(
-                    StepPhase.skipped, reason="ConditionFalse", message=f"when: {step.when}"
+                    StepPhase.skipped, reason=Reason.condition_false, message=f"when: {step.when}"
                 ), None
         except WhenError as error:
-            return _StepView(StepPhase.failed, reason="WhenError", message=f"when {error}"), None
+            return _StepView(
+                StepPhase.failed, reason=Reason.when_error, message=f"when {error}"
+            ), None
     try:
         params = substitute(step.params, outputs, spec.inputs)
     except MissingReference as error:
-        return _StepView(StepPhase.failed, reason="MissingOutput", message=f"params: {error}"), None
+        return _StepView(
+            StepPhase.failed, reason=Reason.missing_output, message=f"params: {error}"
+        ), None
     if too_large := params_problem(params):  # a Job with it could never start
         return _StepView(
-            StepPhase.failed, reason="ParamsTooLarge", message=f"params: {too_large}"
+            StepPhase.failed, reason=Reason.params_too_large, message=f"params: {too_large}"
         ), None
     if step.risk.requires_approval:
         gate = _approval_gate(observed, step, params, actions, wake)
@@ -620,7 +632,7 @@ def _prepare(
         opens = next_window_open(window, now)
         wake.append(opens)
         pending.reason, pending.message = (
-            "OutsideChangeWindow",
+            Reason.outside_change_window,
             f"starts at {opens:%Y-%m-%d %H:%M} UTC",
         )
         return pending, None
@@ -639,14 +651,14 @@ def _approval_gate(
     safety = observed.task.spec.safety
     if approval is None and observed.task.spec.suspend:
         return _StepView(
-            StepPhase.pending, reason="Suspended", message="asks for approval once resumed"
+            StepPhase.pending, reason=Reason.suspended, message="asks for approval once resumed"
         )
     if approval is None:
         expires = now + timedelta(seconds=safety.approval_timeout_seconds)
         actions.append(RequestApproval(step.id, step.tool, params, step.risk, expires))
         wake.append(expires)
         return _StepView(
-            StepPhase.waiting_approval, reason="WaitingForApproval", message=_why(step)
+            StepPhase.waiting_approval, reason=Reason.waiting_for_approval, message=_why(step)
         )
     if approval.phase == ApprovalPhase.approved:
         return None
@@ -655,18 +667,20 @@ def _approval_gate(
         why = f": {approval.reason}" if approval.reason else ""
         message = f"rejected{by}{why}"
         if safety.on_reject == OnReject.skip:
-            return _StepView(StepPhase.skipped, reason="ApprovalRejected", message=message)
-        return _StepView(StepPhase.failed, reason="ApprovalRejected", message=message)
+            return _StepView(StepPhase.skipped, reason=Reason.approval_rejected, message=message)
+        return _StepView(StepPhase.failed, reason=Reason.approval_rejected, message=message)
     if approval.phase == ApprovalPhase.expired or now >= approval.expires_at:
         if approval.phase != ApprovalPhase.expired:
             actions.append(ExpireApproval(step.id))
         return _StepView(
             StepPhase.failed,
-            reason="ApprovalExpired",
+            reason=Reason.approval_expired,
             message=f"no decision before {approval.expires_at:%Y-%m-%d %H:%M:%S} UTC",
         )
     wake.append(approval.expires_at)
-    return _StepView(StepPhase.waiting_approval, reason="WaitingForApproval", message=_why(step))
+    return _StepView(
+        StepPhase.waiting_approval, reason=Reason.waiting_for_approval, message=_why(step)
+    )
 
 
 def _approval_decided(approval: ApprovalView) -> Event:
@@ -675,7 +689,7 @@ def _approval_decided(approval: ApprovalView) -> Event:
     if phase == ApprovalPhase.expired or phase == ApprovalPhase.pending:  # pending: past expiry
         return Event(
             EventKind.approval_decided,
-            "ApprovalExpired",
+            Reason.approval_expired,
             f"no decision before {approval.expires_at:%Y-%m-%d %H:%M:%S} UTC",
             approval.step_id,
             warning=True,
@@ -728,12 +742,12 @@ def _done_message(views: Mapping[str, _StepView]) -> str:
 
 def _progress(views: Mapping[str, _StepView], suspended: bool) -> tuple[str, str]:
     if suspended:
-        return "Suspended", "spec.suspend is true: running steps finish, nothing new starts"
+        return Reason.suspended, "spec.suspend is true: running steps finish, nothing new starts"
     waiting = [sid for sid, v in views.items() if v.phase == StepPhase.waiting_approval]
     if waiting and not any(v.phase == StepPhase.running for v in views.values()):
-        return "WaitingForApproval", f"waiting for approval of: {', '.join(sorted(waiting))}"
+        return Reason.waiting_for_approval, f"waiting for approval of: {', '.join(sorted(waiting))}"
     done = sum(1 for v in views.values() if v.phase.done)
-    return "StepsRunning", f"{done} of {len(views)} steps done"
+    return Reason.steps_running, f"{done} of {len(views)} steps done"
 
 
 def _next_checkpoint(
@@ -812,10 +826,17 @@ def _step_events(
             )
         case StepPhase.retrying if was != StepPhase.retrying:
             events.append(
-                Event(EventKind.step_retried, step.reason or "BackingOff", text, sid, attempt, True)
+                Event(
+                    EventKind.step_retried,
+                    step.reason or Reason.backing_off,
+                    text,
+                    sid,
+                    attempt,
+                    True,
+                )
             )
         case StepPhase.failed:
             events.append(
-                Event(EventKind.step_failed, step.reason or "Failed", text, sid, attempt, True)
+                Event(EventKind.step_failed, step.reason or Reason.failed, text, sid, attempt, True)
             )
     return events

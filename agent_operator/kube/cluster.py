@@ -17,16 +17,16 @@ from kubernetes.client.exceptions import ApiException
 
 from agent_contract import MAX_RESULT_BYTES
 from agent_operator.api import GROUP, VERSION
+from agent_operator.core.reasons import Reason
 from agent_operator.driver import Permanent, Transient
 from agent_operator.kube.manifests import CONTAINER
 
-__all__ = ["REQUEST_REFUSED", "Cluster", "Obj"]
+__all__ = ["Cluster", "Obj"]
 
 log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 T = TypeVar("T")
-REQUEST_REFUSED = "RequestRefused"  # the reason of a task failed by a refused request
 
 
 class Cluster:
@@ -154,7 +154,7 @@ def _call(what: str, call: Callable[[], T]) -> T:
         detail = f"{what}: {status} {_server_message(error)}"
         if status >= 500 or status == 429 or status == 0:
             raise Transient(detail) from error
-        raise Permanent(REQUEST_REFUSED, f"the API server refused to {detail}") from error
+        raise Permanent(Reason.request_refused, f"the API server refused to {detail}") from error
     except urllib3.exceptions.HTTPError as error:  # refused, reset, timed out
         raise Transient(f"{what}: {error}") from error
 

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from agent_contract import StepResult, full_result
 from agent_operator.api import ApprovalPhase
 from agent_operator.core.decide import ApprovalView, RunState, StepRun
+from agent_operator.core.reasons import Reason, exit_code
 from agent_operator.kube.manifests import CONTAINER, LABEL_ATTEMPT, LABEL_STEP
 from agent_operator.redact import redact_text
 
@@ -78,7 +79,7 @@ def run_from_job(job: Obj, pod: Obj | None, load_result: LoadResult | None) -> S
                 message=result.message,
                 usage=result.usage,
             )
-        reason: str | None = result.reason or f"ExitCode{code}"
+        reason: str | None = result.reason or exit_code(code)
         message = result.message
     else:
         reason = (result.reason if result else None) or ending.reason
@@ -127,11 +128,12 @@ def _job_ending(job: Obj, pod: Obj | None, terminated: Obj | None) -> _Ending | 
         if condition.get("type") in _JOB_SUCCEEDED:
             return _Ending(ok=True, finished_at=when or _finished_at(terminated))
         if condition.get("type") == "Failed":
-            if condition.get("reason") == "DeadlineExceeded":
-                reason, message = "TimedOut", condition.get("message", "")
+            reason: str
+            if condition.get("reason") == "DeadlineExceeded":  # the Job controller's word
+                reason, message = Reason.timed_out, condition.get("message", "")
             else:
                 reason, message = _pod_failure(pod, terminated) or (
-                    condition.get("reason") or "Failed",
+                    condition.get("reason") or Reason.failed,
                     condition.get("message", ""),
                 )
             return _Ending(False, when or _finished_at(terminated), reason, message)
@@ -146,7 +148,7 @@ def _pod_ending(pod: Obj | None, terminated: Obj | None) -> _Ending | None:
         return _Ending(ok=True, finished_at=_finished_at(terminated))
     if terminated is None and (pod.get("status") or {}).get("phase") != "Failed":
         return None  # still running, or being deleted but not yet stopped
-    reason, message = _pod_failure(pod, terminated) or ("Failed", "the pod failed")
+    reason, message = _pod_failure(pod, terminated) or (Reason.failed, "the pod failed")
     return _Ending(False, _finished_at(terminated), reason, message)
 
 
@@ -163,17 +165,17 @@ def _pod_failure(pod: Obj | None, terminated: Obj | None) -> tuple[str, str] | N
         ),
         None,
     )
-    if status.get("reason") == "Evicted":
-        return "Evicted", status.get("message") or "the pod was evicted"
+    if status.get("reason") == "Evicted":  # the kubelet's word
+        return Reason.evicted, status.get("message") or "the pod was evicted"
     if disruption is not None:  # eviction API, preemption, node drain or taint
-        return "Evicted", f"{disruption.get('reason')}: {disruption.get('message', '')}"
+        return Reason.evicted, f"{disruption.get('reason')}: {disruption.get('message', '')}"
     if pod["metadata"].get("deletionTimestamp"):
-        return "PodDeleted", "the step's pod was deleted while it ran"
+        return Reason.pod_deleted, "the step's pod was deleted while it ran"
     if terminated is not None:
         code = terminated.get("exitCode")
         why = terminated.get("reason")
         detail = f" ({why})" if why and why != "Error" else ""
-        return f"ExitCode{code}", f"exited {code}{detail}"
+        return exit_code(code), f"exited {code}{detail}"
     if status.get("reason"):
         return status["reason"], status.get("message", "")
     return None

@@ -45,6 +45,7 @@ from agent_operator.core.decide import (
 )
 from agent_operator.core.patch import merge_patch
 from agent_operator.core.plan import PlanningResult
+from agent_operator.core.reasons import Reason
 from agent_operator.driver import (
     BackOff,
     Done,
@@ -340,7 +341,7 @@ class KubeShell:
         body = self._pools(namespace, name)
         if body is None:
             raise Permanent(
-                "PoolNotFound",
+                Reason.pool_not_found,
                 f"spec.poolRef names AgentPool {name!r}, which does not exist in namespace "
                 f"{namespace!r}; create it or point poolRef at an existing pool",
             )
@@ -384,7 +385,7 @@ class KubeShell:
         if model is None:
             return PlanningResult(
                 plan=None,
-                reason="NoModel",
+                reason=Reason.no_model,
                 message=f"spec.goal needs an LLM, but AgentPool {pool.metadata.name!r} has no "
                 "spec.model; add one or give spec.steps",
             )
@@ -395,7 +396,7 @@ class KubeShell:
             if api_key is None:
                 return PlanningResult(
                     plan=None,
-                    reason="MissingAPIKey",
+                    reason=Reason.missing_api_key,
                     message=f"Secret {ref.name!r} with key {ref.key!r} (the pool's "
                     "spec.model.apiKeySecretRef) does not exist",
                 )
@@ -435,7 +436,7 @@ class KubeShell:
         try:
             job = step_job(task, pool, start)
         except ValueError as error:  # the pool's template cannot make a safe pod
-            raise Permanent("InvalidPoolTemplate", str(error)) from error
+            raise Permanent(Reason.invalid_pool_template, str(error)) from error
         created = self.ctx.cluster.create_job(job)
         self.ctx.jobs.put(created)  # known now: the next pass must not think it lost
         self.ctx.ledger.take(
@@ -489,7 +490,7 @@ class KubeShell:
         with contextlib.suppress(Transient, Permanent, ValidationError):
             task = self.observe_task()
             status = task.status.model_copy(deep=True)
-            status.reason = "StoreUnavailable"
+            status.reason = Reason.store_unavailable
             status.message = f"the checkpoint store is unreachable; waiting: {error}"
             status.conditions = task_conditions(status, task, datetime.now(UTC))
             self.write_status(task, status)
@@ -504,17 +505,17 @@ class KubeShell:
                 namespace=meta["namespace"],
                 name=meta["name"],
                 phase=TaskPhase.failed.value,
-                reason="InvalidSpec",
+                reason=Reason.invalid_spec,
                 message=message,
             )
             store.append_event(
-                self.uid, EventKind.task_finished, message=message, dedupe_key="InvalidSpec"
+                self.uid, EventKind.task_finished, message=message, dedupe_key=Reason.invalid_spec
             )
-        status = {"phase": TaskPhase.failed.value, "reason": "InvalidSpec"}
+        status = {"phase": TaskPhase.failed.value, "reason": Reason.invalid_spec}
         status |= {"message": message[:1000], "completionTime": now.isoformat()}
         self.ctx.cluster.patch_status("agenttasks", meta["namespace"], meta["name"], status)
         self.ctx.post_event(
-            self.body, Event(EventKind.task_finished, "InvalidSpec", message, warning=True)
+            self.body, Event(EventKind.task_finished, Reason.invalid_spec, message, warning=True)
         )
 
 

@@ -28,6 +28,7 @@ from agent_operator.core.decide import (
     backoff,
     decide,
 )
+from agent_operator.core.reasons import Reason
 
 from .sim import REGISTRY, T0, World, make_task
 
@@ -575,3 +576,28 @@ def test_a_static_plans_params_stay_in_the_spec_and_out_of_the_status() -> None:
     w.finish("a", outputs={"blob": "small"})
     restarted.runs = dict(w.runs)
     assert restarted.step().status.phase == TaskPhase.succeeded
+
+
+def test_every_reason_the_core_reports_is_one_of_the_documented_reasons() -> None:
+    """Issue 9.18: reasons were bare strings matched in several places; now one enum."""
+    w = world(
+        {
+            "steps": [
+                {"id": "a", **NOOP, "retries": 1},
+                {"id": "b", **NOOP, "when": "steps.a.outputs.n > 5"},
+                {"id": "c", "tool": "fail", "params": {}},
+            ],
+            "limits": {"backoffSeconds": 0},
+            "safety": {"requireApprovalFor": ["fail"]},
+        }
+    )
+    seen = set()
+    for _ in range(6):
+        d = w.step()
+        seen |= {s.reason for s in d.status.steps if s.reason} | {d.status.reason}
+        for run in w.running():
+            w.finish(run.step_id, ok=run.attempt > 1, outputs={"n": 1})
+        for step_id, view in w.approvals.items():
+            if view.phase == ApprovalPhase.pending:
+                w.decide_approval(step_id, ApprovalPhase.rejected)
+    assert seen and seen <= {r.value for r in Reason}, seen - {r.value for r in Reason}
