@@ -312,7 +312,6 @@ class KubeShell:
         self._pools = pools
         self._approvals = approvals
         self.written: AgentTaskStatus | None = None
-        self._pool_key: tuple[str, str] | None = None
 
     @property
     def uid(self) -> str:
@@ -377,8 +376,8 @@ class KubeShell:
         return views
 
     def free_slots(self, task: AgentTask, pool: AgentPool) -> int | None:
-        self._pool_key = (task.metadata.namespace, pool.metadata.name)
-        return self.ctx.ledger.reserve(self._pool_key, self.uid, pool.spec.replicas)
+        key = (task.metadata.namespace, pool.metadata.name)
+        return self.ctx.ledger.reserve(key, self.uid, pool.spec.replicas)
 
     def plan(self, task: AgentTask, pool: AgentPool) -> PlanningResult:
         model = pool.spec.model
