@@ -201,7 +201,7 @@ class Driver:
                 self.shell.act(task, pool, self._unacted)
                 self._unacted = None
             decision = self._decide(task, pool)
-            if any(isinstance(a, PlanWithLLM) for a in decision.actions):
+            if any(isinstance(a, PlanWithLLM) for a in decision.actions):  # no slot held
                 self.planning = self.shell.plan(task, pool)
                 return RequeueAt(datetime.now(UTC))
             recorded = self._record(task, decision)
@@ -220,25 +220,32 @@ class Driver:
         return self._conclude(task, recorded)
 
     def _act(self, task: AgentTask, pool: AgentPool | None, decision: Decision) -> None:
+        """Act on a recorded decision. If acting fails (but for a Permanent failure, which
+        ends the task), the next pass makes the same actions again before anything else:
+        each is idempotent, and a recorded start must not be taken for a lost attempt."""
         try:
             self.shell.act(task, pool, decision)
-        except Transient:
+        except Permanent:
+            raise
+        except Exception:
             self._unacted = replace(decision, events=[])
             raise
 
     def _conclude(self, task: AgentTask, recorded: Recorded) -> Outcome:
         status = recorded.decision.status
+        self.shell.tell(task, recorded)  # recorded: told now, even if the status write fails
         self.shell.write_status(task, status)
         if status.plan is not None or status.phase.terminal:
             self.planning = None  # in the written status now (or of no more use)
-        self.shell.tell(task, recorded)
         return Done() if status.phase.terminal else RequeueAt(recorded.decision.requeue_at)
 
     def _decide(self, task: AgentTask, pool: AgentPool) -> Decision:
         approvals = self.shell.observe_approvals(task)
-        return self._observe_and_decide(
-            task, pool.spec, approvals, self.shell.free_slots(task, pool)
-        )
+        # A task about to be planned starts nothing this pass: it sets no slot aside, so the
+        # planner's call (seconds, minutes) keeps no other task of the pool waiting.
+        planning = task.status.plan is None and not task.spec.steps and self.planning is None
+        slots = 0 if planning else self.shell.free_slots(task, pool)
+        return self._observe_and_decide(task, pool.spec, approvals, slots)
 
     def _observe_and_decide(
         self,

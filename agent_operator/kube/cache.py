@@ -57,6 +57,8 @@ class LabelledCache:
         self._objects: dict[Key, Obj] = {}
         self._by_index: dict[str, set[Key]] = {}
         self._gone: dict[Key, tuple[Obj, float]] = {}
+        self._puts = 0  # how many objects `put` has stored
+        self._put_at: dict[Key, int] = {}  # which put stored each of them
         self._stop = threading.Event()
         self._ready = [threading.Event() for _ in listers]
         self._threads: list[threading.Thread] = []
@@ -118,6 +120,8 @@ class LabelledCache:
             known = self._objects.get(key)
             if known is None or _version(known) <= _version(obj):
                 self._store(key, obj)
+                self._puts += 1
+                self._put_at[key] = self._puts
 
     # --- the watch --------------------------------------------------------------
 
@@ -136,6 +140,7 @@ class LabelledCache:
 
     def _drop(self, key: Key) -> Obj | None:
         """Under the lock."""
+        self._put_at.pop(key, None)
         old = self._objects.pop(key, None)
         if old is not None:
             index = self._index_of(old)
@@ -147,6 +152,8 @@ class LabelledCache:
         return old
 
     def _relist(self, scope: int, lister: Lister, kwargs: dict[str, str]) -> str:
+        with self._lock:
+            puts_before = self._puts  # what is put while the list is made, it cannot show
         response = lister(label_selector=self._selector, _preload_content=False, **kwargs)
         listing = json.loads(response.data)
         fresh = {_key(o): o for o in listing.get("items", []) if self._index_of(o) is not None}
@@ -155,7 +162,7 @@ class LabelledCache:
         with self._lock:
             mine = [k for k in self._objects if namespace is None or k[0] == namespace]
             for key in mine:
-                if key not in fresh:
+                if key not in fresh and self._put_at.get(key, 0) <= puts_before:
                     old = self._drop(key)
                     if old is not None:
                         self._gone[key] = (old, time.monotonic())

@@ -14,6 +14,7 @@ PoolKey = tuple[str, str]  # namespace, name
 @dataclass
 class _Pool:
     running: set[str] = field(default_factory=set)  # Job names holding a slot
+    unseen: dict[str, str] = field(default_factory=dict)  # taken, not yet watched: name -> uid
     reserved: dict[str, int] = field(default_factory=dict)  # task uid -> slots set aside
     waiting: OrderedDict[str, int] = field(default_factory=OrderedDict)  # task uid -> steps
 
@@ -47,10 +48,12 @@ class PoolLedger:
             return free
 
     def take(self, pool: PoolKey, task_uid: str, job_names: list[str]) -> None:
-        """Jobs this task created in slots it had set aside."""
+        """Jobs this task is creating in slots it had set aside: held from the first try,
+        so a creation that failed and is made again later still has its slot."""
         with self._lock:
             state = self._pools.setdefault(pool, _Pool())
             state.running.update(job_names)
+            state.unseen.update(dict.fromkeys(job_names, task_uid))
             left = state.reserved.get(task_uid, 0) - len(job_names)
             if task_uid in state.reserved:
                 state.reserved[task_uid] = max(0, left)
@@ -68,12 +71,18 @@ class PoolLedger:
     def hold(self, pool: PoolKey, job_names: list[str]) -> None:
         """Jobs that hold a slot, as the watch reports them (those of an earlier run)."""
         with self._lock:
-            self._pools.setdefault(pool, _Pool()).running.update(job_names)
+            state = self._pools.setdefault(pool, _Pool())
+            state.running.update(job_names)
+            for name in job_names:
+                state.unseen.pop(name, None)
 
     def release(self, pool: PoolKey, job_names: list[str]) -> None:
         """Jobs that no longer hold a slot (finished or gone)."""
         with self._lock:
-            self._pools.setdefault(pool, _Pool()).running.difference_update(job_names)
+            state = self._pools.setdefault(pool, _Pool())
+            state.running.difference_update(job_names)
+            for name in job_names:
+                state.unseen.pop(name, None)
 
     def wait(self, pool: PoolKey, task_uid: str, queued: int) -> None:
         """How many of a task's steps wait for this pool; a task keeps its place in line."""
@@ -85,10 +94,23 @@ class PoolLedger:
                 waiting.pop(task_uid, None)
 
     def forget(self, task_uid: str) -> None:
+        """The task's loop ended: its place in line goes, and so do slots taken for Jobs
+        that no watch ever reported (their creation never went through)."""
         with self._lock:
             for state in self._pools.values():
                 state.waiting.pop(task_uid, None)
                 state.reserved.pop(task_uid, None)
+                never = [name for name, uid in state.unseen.items() if uid == task_uid]
+                state.running.difference_update(never)
+                for name in never:
+                    del state.unseen[name]
+
+    def wakeable(self, pool: PoolKey) -> list[str]:
+        """Tasks to wake when a slot of the pool frees: those waiting in line and those in a
+        pass (which may have counted the slot as taken)."""
+        with self._lock:
+            state = self._pools.get(pool, _Pool())
+            return list(dict.fromkeys([*state.waiting, *state.reserved]))
 
     def usage(self, pool: PoolKey) -> tuple[int, int, list[str]]:
         """Running Jobs, queued steps, and the tasks waiting (in order)."""

@@ -151,8 +151,11 @@ def _call(what: str, call: Callable[[], T]) -> T:
         return call()
     except ApiException as error:
         status = error.status or 0
-        detail = f"{what}: {status} {_server_message(error)}"
-        if status >= 500 or status == 429 or status == 0:
+        message = _server_message(error)
+        detail = f"{what}: {status} {message}"
+        # 401: credentials being rotated; a quota refusal (403) passes when usage falls.
+        quota = status == 403 and "exceeded quota" in message
+        if status >= 500 or status in (0, 401, 429) or quota:
             raise Transient(detail) from error
         raise Permanent(Reason.request_refused, f"the API server refused to {detail}") from error
     except urllib3.exceptions.HTTPError as error:  # refused, reset, timed out

@@ -14,7 +14,7 @@ from kubernetes import client, config
 
 from agent_operator.api import GROUP, VERSION, ApprovalPhase
 from agent_operator.core.decide import Event, EventKind
-from agent_operator.driver import BackOff
+from agent_operator.driver import BackOff, Done
 from agent_operator.kube import metrics
 from agent_operator.kube.cache import LabelledCache, Obj
 from agent_operator.kube.cluster import Cluster
@@ -110,7 +110,7 @@ def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         pool = (meta.get("namespace", ""), labels.get(LABEL_POOL, ""))
         if kind == "DELETED" or _job_done(job):
             ctx.ledger.release(pool, [meta["name"]])
-            for uid in ctx.ledger.usage(pool)[2]:
+            for uid in ctx.ledger.wakeable(pool):
                 ctx.wakers.wake(uid)
         else:
             ctx.ledger.hold(pool, [meta["name"]])
@@ -206,13 +206,13 @@ def cancel_task(
     Jobs are stopped, the cancellation recorded once), then open approvals are withdrawn."""
     ctx: OperatorContext = memo["ctx"]
     namespace, uid = meta.namespace or "default", meta.uid or ""
-    running = ctx.drivers.get(uid)  # the daemon's driver, with what it remembers
-    if running is not None:
-        outcome = running.run_pass()
-    else:
-        outcome = _task_loop(ctx, body, pools_by_name, approvals_by_task).pass_once()
+    # The daemon's loop when it still runs (its driver remembers what it recorded).
+    loop = ctx.loops.get(uid) or _task_loop(ctx, body, pools_by_name, approvals_by_task)
+    outcome = loop.pass_once()
     if isinstance(outcome, BackOff):
         raise kopf.TemporaryError(f"cancelling the task: {outcome.error}", delay=outcome.seconds)
+    if not isinstance(outcome, Done):  # a planner's answer came in: pass again to cancel
+        raise kopf.TemporaryError("cancelling the task: one more pass", delay=0.1)
     for approval in ctx.cluster.approvals_of_task(namespace, uid):
         if not approval.get("spec", {}).get("decision"):
             ctx.cluster.delete_approval(namespace, approval["metadata"]["name"])
@@ -295,7 +295,7 @@ def pool_changed(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) ->
     """A scaled pool takes effect at once: the tasks waiting on it look again."""
     ctx: OperatorContext | None = memo.get("ctx")
     if ctx is not None:
-        for uid in ctx.ledger.usage((namespace or "", name))[2]:
+        for uid in ctx.ledger.wakeable((namespace or "", name)):
             ctx.wakers.wake(uid)
 
 

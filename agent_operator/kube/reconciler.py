@@ -190,7 +190,7 @@ class OperatorContext:
     wakers: Wakers = field(default_factory=Wakers)
     phases: PhaseGauge = field(default_factory=PhaseGauge)
     pending_approvals: PendingApprovals = field(default_factory=PendingApprovals)
-    drivers: dict[str, Driver] = field(default_factory=dict)  # the loops' drivers, by uid
+    loops: dict[str, TaskLoop] = field(default_factory=dict)  # the running loops, by uid
     passes: ThreadPoolExecutor = field(init=False)  # where task loops make their passes
     _store: Store | None = None
     _store_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -247,7 +247,7 @@ class TaskLoop:
         the task is deleted), the pass in flight finishes first."""
         wakers = self.ctx.wakers
         wakers.register(self.uid)
-        self.ctx.drivers[self.uid] = self.driver
+        self.ctx.loops[self.uid] = self
         try:
             while True:
                 # With Kopf's context (its event poster lives in context variables).
@@ -261,8 +261,10 @@ class TaskLoop:
                 await wakers.wait(self.uid, min(wait, self.ctx.settings.idle_requeue_seconds))
         finally:
             wakers.forget(self.uid)
-            self.ctx.drivers.pop(self.uid, None)
+            self.ctx.loops.pop(self.uid, None)
             self.ctx.ledger.forget(self.uid)
+            if self.shell.body["metadata"].get("deletionTimestamp"):
+                self.ctx.phases.forget(self.uid)  # a deleted task is no task of any phase
 
     def step(self) -> float | None:
         """One pass; the seconds until the next look, or None when the task has ended."""
@@ -358,13 +360,19 @@ class KubeShell:
             p["metadata"].get("labels", {}).get("job-name"): p
             for p in [*pods.gone_for_key(self.uid), *pods.for_key(self.uid)]
         }
+        live_pods = {
+            p["metadata"].get("labels", {}).get("job-name") for p in pods.for_key(self.uid)
+        }
         runs = []
         for job, gone in [(j, True) for j in jobs.gone_for_key(self.uid)] + [
             (j, False) for j in jobs.for_key(self.uid)
         ]:
+            name = job["metadata"]["name"]
             read_log = None if _attempt_of(job) in ended else self.ctx.cluster.step_log_tail
-            run = run_from_job(job, by_job.get(job["metadata"]["name"]), read_log)
-            if not (gone and run.finished_at is None):
+            run = run_from_job(job, by_job.get(name), read_log)
+            # A Job gone before its attempt ended is lost, unless its pod still runs (an
+            # orphaning delete): a retry must never overlap it.
+            if not (gone and run.finished_at is None and name not in live_pods):
                 runs.append(run)
         return runs
 
@@ -436,11 +444,10 @@ class KubeShell:
             job = step_job(task, pool, start)
         except ValueError as error:  # the pool's template cannot make a safe pod
             raise Permanent(Reason.invalid_pool_template, str(error)) from error
+        key = (task.metadata.namespace, pool.metadata.name)
+        self.ctx.ledger.take(key, self.uid, [job["metadata"]["name"]])  # before: it may fail
         created = self.ctx.cluster.create_job(job)
         self.ctx.jobs.put(created)  # known now: the next pass must not think it lost
-        self.ctx.ledger.take(
-            (task.metadata.namespace, pool.metadata.name), self.uid, [job["metadata"]["name"]]
-        )
         self._observe_handoff(task, start, decision)
 
     def _observe_handoff(self, task: AgentTask, start: StartStep, decision: Decision) -> None:

@@ -4,6 +4,7 @@ objects changed, and keeps a deleted object's last state for a while."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -104,3 +105,28 @@ def test_a_deleted_job_leaves_its_last_state_for_a_while(
     eventually(lambda: jobs.get(NS, "a") is None, what="the Job gone")
     assert jobs.for_key("task-a") == []
     assert [o["metadata"]["name"] for o in jobs.gone_for_key("task-a")] == ["a"]
+
+
+def test_a_job_put_while_a_relist_is_in_flight_is_not_taken_for_gone() -> None:
+    """A Job the operator creates while a relist's list call is on its way is not in that
+    list; dropping it would make the core call its attempt lost and start it again."""
+    seen: list[tuple[str, str]] = []
+    cache: LabelledCache
+
+    class Listing:
+        data = json.dumps({"metadata": {"resourceVersion": "7"}, "items": []}).encode()
+
+    def lister(**_: Any) -> Listing:
+        cache.put(job("made-meanwhile", "task-a"))  # created while the list is made
+        return Listing()
+
+    cache = LabelledCache(
+        "jobs",
+        [(lister, {})],
+        MANAGED_SELECTOR,
+        LABEL_TASK_UID,
+        lambda k, o: seen.append((k, o["kind"])),
+    )
+    cache._relist(0, lister, {})  # as a relist after 410 does
+    assert [o["metadata"]["name"] for o in cache.for_key("task-a")] == ["made-meanwhile"]
+    assert cache.gone_for_key("task-a") == [] and seen == []
