@@ -29,6 +29,7 @@ from agent_contract.step import (
 from agent_contract.tool import (
     NETWORK,
     SPEC_ENTRY_POINT_GROUP,
+    ByName,
     RiskLevel,
     RiskRule,
     ToolRegistry,
@@ -48,6 +49,7 @@ __all__ = [
     "STEP_ENV",
     "TERMINATION_PATH_ENV",
     "TIMED_OUT",
+    "ByName",
     "ModelSettings",
     "Prices",
     "RiskLevel",

@@ -11,13 +11,14 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from importlib.metadata import entry_points
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from jsonschema import Draft202012Validator, ValidationError
 
 __all__ = [
     "NETWORK",
     "SPEC_ENTRY_POINT_GROUP",
+    "ByName",
     "RiskLevel",
     "RiskRule",
     "ToolRegistry",
@@ -118,30 +119,44 @@ def _describe(error: ValidationError) -> str:
     return f"{path}: {message}"
 
 
-class ToolRegistry:
-    """Tool specs by name: the built-ins plus those published through entry points."""
+T = TypeVar("T")
 
-    def __init__(self, specs: Iterable[ToolSpec] = ()) -> None:
-        self._specs: dict[str, ToolSpec] = {}
-        for spec in specs:
-            self.register(spec)
 
-    def register(self, spec: ToolSpec) -> None:
-        if spec.name in self._specs:
-            raise ValueError(f"tool {spec.name!r} is registered twice")
-        self._specs[spec.name] = spec
+class ByName(Generic[T]):
+    """Items by name, each name once: what the spec registry and the runtime's toolbox share."""
 
-    def get(self, name: str) -> ToolSpec | None:
-        return self._specs.get(name)
+    def __init__(self, items: Iterable[T] = ()) -> None:
+        self._items: dict[str, T] = {}
+        for item in items:
+            self.register(item)
+
+    def name_of(self, item: T) -> str:
+        raise NotImplementedError
+
+    def register(self, item: T) -> None:
+        name = self.name_of(item)
+        if name in self._items:
+            raise ValueError(f"tool {name!r} is registered twice")
+        self._items[name] = item
+
+    def get(self, name: str) -> T | None:
+        return self._items.get(name)
 
     def names(self) -> list[str]:
-        return sorted(self._specs)
+        return sorted(self._items)
 
-    def __iter__(self) -> Iterator[ToolSpec]:
-        return iter(self._specs[name] for name in self.names())
+    def __iter__(self) -> Iterator[T]:
+        return iter(self._items[name] for name in self.names())
 
     def __contains__(self, name: object) -> bool:
-        return name in self._specs
+        return name in self._items
+
+
+class ToolRegistry(ByName[ToolSpec]):
+    """Tool specs by name: the built-ins plus those published through entry points."""
+
+    def name_of(self, item: ToolSpec) -> str:
+        return item.name
 
     @classmethod
     def default(cls) -> ToolRegistry:
@@ -149,9 +164,6 @@ class ToolRegistry:
         from agent_contract.builtin import builtin_specs
 
         return cls([*builtin_specs(), *published(SPEC_ENTRY_POINT_GROUP, ToolSpec)])
-
-
-T = TypeVar("T")
 
 
 def published(group: str, kind: type[T]) -> list[T]:

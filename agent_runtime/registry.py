@@ -8,11 +8,11 @@ the specs alone.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent_contract import StepInvocation, ToolSpec, Usage, published
+from agent_contract import ByName, StepInvocation, ToolSpec, Usage, published
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -92,30 +92,11 @@ class Tool:
     run: ToolFunc
 
 
-class Toolbox:
+class Toolbox(ByName[Tool]):
     """Runnable tools by name: the built-ins plus those published through entry points."""
 
-    def __init__(self, tools: Iterable[Tool] = ()) -> None:
-        self._tools: dict[str, Tool] = {}
-        for tool in tools:
-            self.register(tool)
-
-    def register(self, tool: Tool) -> None:
-        if tool.spec.name in self._tools:
-            raise ValueError(f"tool {tool.spec.name!r} is registered twice")
-        self._tools[tool.spec.name] = tool
-
-    def get(self, name: str) -> Tool | None:
-        return self._tools.get(name)
-
-    def names(self) -> list[str]:
-        return sorted(self._tools)
-
-    def __iter__(self) -> Iterator[Tool]:
-        return iter(self._tools[name] for name in self.names())
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._tools
+    def name_of(self, item: Tool) -> str:
+        return item.spec.name
 
     @classmethod
     def default(cls) -> Toolbox:

@@ -16,6 +16,7 @@ import json
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -56,7 +57,8 @@ class LabelledCache:
         self._lock = threading.Lock()
         self._objects: dict[Key, Obj] = {}
         self._by_index: dict[str, set[Key]] = {}
-        self._gone: dict[Key, tuple[Obj, float]] = {}
+        self._gone: OrderedDict[Key, tuple[Obj, float]] = OrderedDict()  # oldest first
+        self._gone_by_index: dict[str, set[Key]] = {}
         self._puts = 0  # how many objects `put` has stored
         self._put_at: dict[Key, int] = {}  # which put stored each of them
         self._stop = threading.Event()
@@ -99,11 +101,9 @@ class LabelledCache:
 
     def gone_for_key(self, value: str) -> list[Obj]:
         """The last state of the objects of one index value deleted not long ago."""
-        now = time.monotonic()
         with self._lock:
-            for key in [k for k, (_, when) in self._gone.items() if now - when > GONE_SECONDS]:
-                del self._gone[key]
-            return [o for o, _ in self._gone.values() if self._index_of(o) == value]
+            self._expire(time.monotonic())
+            return [self._gone[k][0] for k in self._gone_by_index.get(value, ())]
 
     def get(self, namespace: str, name: str) -> Obj | None:
         with self._lock:
@@ -133,10 +133,35 @@ class LabelledCache:
         """Under the lock."""
         self._drop(key)
         self._objects[key] = obj
-        self._gone.pop(key, None)
+        self._unbury(key)
         index = self._index_of(obj)
         if index is not None:
             self._by_index.setdefault(index, set()).add(key)
+
+    def _bury(self, key: Key, obj: Obj) -> None:
+        """Under the lock: keep a deleted object's last state, indexed like the live ones."""
+        self._unbury(key)
+        self._gone[key] = (obj, time.monotonic())
+        self._gone_by_index.setdefault(self._index_of(obj) or "", set()).add(key)
+
+    def _unbury(self, key: Key) -> None:
+        """Under the lock."""
+        gone = self._gone.pop(key, None)
+        if gone is not None:
+            index = self._index_of(gone[0]) or ""
+            keys = self._gone_by_index.get(index)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._gone_by_index[index]
+
+    def _expire(self, now: float) -> None:
+        """Under the lock: forget tombstones older than GONE_SECONDS (the oldest come first)."""
+        while self._gone:
+            key, (_, when) = next(iter(self._gone.items()))
+            if now - when <= GONE_SECONDS:
+                return
+            self._unbury(key)
 
     def _drop(self, key: Key) -> Obj | None:
         """Under the lock."""
@@ -165,7 +190,7 @@ class LabelledCache:
                 if key not in fresh and self._put_at.get(key, 0) <= puts_before:
                     old = self._drop(key)
                     if old is not None:
-                        self._gone[key] = (old, time.monotonic())
+                        self._bury(key, old)
                         changed.append(("DELETED", old))
             for key, obj in fresh.items():
                 known = self._objects.get(key)
@@ -233,7 +258,7 @@ class LabelledCache:
         with self._lock:
             if kind == "DELETED":
                 self._drop(key)
-                self._gone[key] = (obj, time.monotonic())
+                self._bury(key, obj)
             elif self._objects.get(key) == obj:
                 return  # nothing new (a resumed watch may send what it sent before)
             else:
