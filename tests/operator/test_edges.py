@@ -121,13 +121,13 @@ def test_an_unexpected_error_in_a_pass_is_counted_and_the_loop_carries_on(
 ) -> None:
     real, failures = core.decide, []
 
-    def flaky(observed: core.Observed) -> core.Decision:
+    def broken_twice(observed: core.Observed) -> core.Decision:
         if len(failures) < 2:
             failures.append(observed.task.metadata.name)
             raise RuntimeError("injected defect")
         return real(observed)
 
-    monkeypatch.setattr("agent_operator.driver.decide", flaky)
+    monkeypatch.setattr("agent_operator.driver.decide", broken_twice)
     before = sample("agent_operator_api_errors_total", {"operation": "unexpected"})
     with running_operator(settings):
         cluster.create("agenttasks", agent_task("sturdy", ONE_STEP))
