@@ -16,6 +16,7 @@ from agent_operator.core.decide import (
     PlanningResult,
     RequestApproval,
     RunState,
+    ShellFailure,
     StartStep,
     StepRun,
     StopStep,
@@ -45,6 +46,7 @@ class World:
     recorded: dict[tuple[str, int], StepRun] = field(default_factory=dict)  # the store's
     approvals: dict[str, ApprovalView] = field(default_factory=dict)
     planning: PlanningResult | None = None
+    failure: ShellFailure | None = None  # what a shell found, for decide() to end the task
     decisions: list[Decision] = field(default_factory=list)
     started: list[StartStep] = field(default_factory=list)
     stopped: list[StopStep] = field(default_factory=list)
@@ -61,6 +63,7 @@ class World:
                 approvals=dict(self.approvals),
                 free_slots=self.free_slots,
                 planning=self.planning,
+                failure=self.failure,
             )
         )
         self.decisions.append(decision)

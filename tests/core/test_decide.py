@@ -18,7 +18,6 @@ from agent_operator.core.decide import (
     DEADLINE_GRACE_SECONDS,
     UNRECORDED_APPROVER,
     EventKind,
-    Observed,
     PlanningResult,
     PlanWithLLM,
     RequestApproval,
@@ -26,7 +25,6 @@ from agent_operator.core.decide import (
     StartStep,
     StopStep,
     backoff,
-    decide,
 )
 from agent_operator.core.reasons import Reason
 
@@ -531,16 +529,8 @@ def test_a_failure_found_by_the_shell_ends_the_task_through_the_core() -> None:
     get events and conditions, and stop what still runs."""
     w = world({"steps": [{"id": "a", **NOOP}]})
     w.step()
-    observed = Observed(
-        task=w.task,
-        now=w.now,
-        pool=w.pool,
-        registry=w.registry,
-        recorded=list(w.recorded.values()),
-        live=list(w.runs.values()),
-        failure=ShellFailure("InvalidPoolTemplate", "the template is unsafe"),
-    )
-    d = decide(observed)
+    w.failure = ShellFailure("InvalidPoolTemplate", "the template is unsafe")
+    d = w.step()
     assert (d.status.phase, d.status.reason) == (TaskPhase.failed, "InvalidPoolTemplate")
     assert StopStep("a", 1, "TaskFailed") in d.actions
     assert [(r.step_id, r.reason) for r in d.finished] == [("a", "TaskFailed")]
