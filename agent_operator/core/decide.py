@@ -73,6 +73,9 @@ class StepRun:
     reason: str | None = None
     usage: Usage = field(default_factory=Usage)
     job_name: str | None = None
+    # Ended, but what runs it has not and never will by itself (a pod whose image cannot
+    # be pulled waits forever): decide() stops it.
+    lingering: bool = False
 
 
 @dataclass(frozen=True)
@@ -230,6 +233,13 @@ def backoff(base_seconds: float, failed_attempt: int) -> timedelta:
 def decide(observed: Observed) -> Decision:
     runs, ended = merge_runs(observed.recorded, observed.live, observed.now)
     decision = _decide(observed, runs)
+    lingering = [
+        StopStep(r.step_id, r.attempt, r.reason or Reason.failed)
+        for r in observed.live
+        if r.lingering
+    ]
+    if lingering:
+        decision = replace(decision, actions=[*decision.actions, *lingering])
     stopped = {
         (a.step_id, a.attempt): a.reason for a in decision.actions if isinstance(a, StopStep)
     }

@@ -53,6 +53,7 @@ class Reason(StrEnum):
     lost = "Lost"  # started, then its Job or process vanished with no outcome recorded
     evicted = "Evicted"  # its pod was evicted, preempted or drained
     pod_deleted = "PodDeleted"  # its pod was deleted while it ran
+    image_unavailable = "ImageUnavailable"  # its pod's image cannot be found or pulled
     task_ended = "TaskEnded"  # stopped because the task ended (deleted, limits)
     task_failed = "TaskFailed"  # stopped because the task failed for a shell's reason
     failed = "Failed"  # failed, with no more telling cause

@@ -32,6 +32,9 @@ LoadResult = Callable[[str, str], str | None]
 TAIL_CHARS = 500  # of a garbled termination message (pod logs), kept as the step's message
 _JOB_SUCCEEDED = ("Complete", "SuccessCriteriaMet")
 _STARTING = ("ContainerCreating", "PodInitializing")
+# Waiting reasons of a container whose image will not come by itself: the kubelet was told
+# never to pull it, cannot parse its name, or has already retried the pull and backs off.
+_IMAGE_UNAVAILABLE = ("ErrImageNeverPull", "InvalidImageName", "ImagePullBackOff")
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,16 @@ def run_from_job(job: Obj, pod: Obj | None, load_result: LoadResult | None) -> S
     terminated = (status.get("state") or {}).get("terminated")
     ending = _job_ending(job, pod, terminated) or _pod_ending(pod, terminated)
     if ending is None:
+        waiting = (status.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in _IMAGE_UNAVAILABLE:
+            return replace(
+                run,
+                state=RunState.failed,
+                finished_at=datetime.now(UTC),
+                reason=Reason.image_unavailable,
+                message=_waiting_message(pod, status),
+                lingering=True,
+            )
         return replace(run, message=_waiting_message(pod, status))
     if ending.ok and terminated is None:  # the pod's status lags the Job's in our view
         return replace(run, message="the Job completed; waiting for its pod's result")

@@ -80,6 +80,8 @@ class World:
             elif isinstance(action, StopStep):
                 self.stopped.append(action)
                 self.finish(action.step_id, ok=False, attempt=action.attempt, message=action.reason)
+                key = (action.step_id, action.attempt)
+                self.runs[key] = replace(self.runs[key], lingering=False)  # its Job is gone
             elif isinstance(action, RequestApproval):
                 self.approvals[action.step_id] = ApprovalView(
                     action.step_id, ApprovalPhase.pending, action.expires_at

@@ -21,6 +21,7 @@ from agent_operator.core.decide import (
     PlanningResult,
     PlanWithLLM,
     RequestApproval,
+    RunState,
     ShellFailure,
     StartStep,
     StopStep,
@@ -226,6 +227,34 @@ def test_a_step_the_runtime_did_not_end_is_stopped_after_its_timeout_and_grace()
     d = w.step()
     assert StopStep("a", 1, "TimedOut") in d.actions
     assert started(d) == [("a", 2)]
+
+
+def test_an_attempt_that_ended_but_lingers_is_stopped_once_and_retried() -> None:
+    """A pod whose image never comes ends its attempt in the shell's view, but its Job
+    would hold the pool's slot forever: decide() stops it, then retries as for any failure."""
+    w = world({"steps": [{"id": "a", **NOOP, "retries": 1}], "limits": {"backoffSeconds": 0}})
+
+    def image_missing(attempt: int) -> None:
+        w.runs[("a", attempt)] = replace(
+            w.runs[("a", attempt)],
+            state=RunState.failed,
+            finished_at=w.now,
+            reason=Reason.image_unavailable,
+            message='ErrImageNeverPull: image "x:1" is not present',
+            lingering=True,
+        )
+
+    w.step()
+    image_missing(1)
+    d = w.step()
+    assert StopStep("a", 1, Reason.image_unavailable) in d.actions
+    assert started(d) == [("a", 2)]
+    assert not any(isinstance(a, StopStep) for a in w.step().actions)  # stopped: no more
+    image_missing(2)
+    d = w.step()
+    assert StopStep("a", 2, Reason.image_unavailable) in d.actions
+    assert (d.status.phase, d.status.reason) == (TaskPhase.failed, Reason.step_failed)
+    assert 'failed after 2 attempts: ErrImageNeverPull: image "x:1"' in (d.status.message or "")
 
 
 def test_failure_stops_new_work_but_lets_running_steps_finish() -> None:

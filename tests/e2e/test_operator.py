@@ -580,6 +580,29 @@ def test_failing_step_is_retried_then_fails_the_task(
     assert ("StepStarted", "step flaky: attempt 2") in seen, seen
 
 
+def test_a_pool_whose_image_does_not_exist_fails_the_step_and_frees_its_slot(
+    operator: OperatorProcess, kubectl: Kubectl, namespace: str
+) -> None:
+    """The Job controller never fails a pod that waits for its image: the operator ends the
+    attempt with the kubelet's words, retries it, and deletes each stuck Job."""
+    missing = pool("default", replicas=1)
+    missing["spec"]["template"]["image"] = "agent-runtime:no-such-tag"
+    steps = [{"id": "a", "tool": "noop", "retries": 1}]
+    apply_yaml(kubectl, namespace, missing, task("imageless", steps, limits={"backoffSeconds": 0}))
+    found = finished(kubectl, namespace, "imageless")
+    status = expect_phase(found, "Failed")
+    step = steps_of(status)["a"]
+    assert (step["phase"], step["reason"], step["attempt"]) == ("Failed", "ImageUnavailable", 2)
+    assert "ErrImageNeverPull" in status["message"], status["message"]
+    assert "agent-runtime:no-such-tag" in status["message"], status["message"]
+    uid = found["metadata"]["uid"]
+    eventually(
+        lambda: not jobs_of(kubectl, namespace, uid) and not pods_of(kubectl, namespace, uid),
+        60,
+        "the stuck Jobs and their pods to be deleted",
+    )
+
+
 def test_a_step_whose_tool_overruns_ends_as_timed_out_with_its_partial_outputs(
     operator: OperatorProcess, kubectl: Kubectl, namespace: str
 ) -> None:

@@ -12,6 +12,7 @@ import pytest
 from agent_contract import Usage
 from agent_operator.api import AgentPool, AgentTask, ApprovalPhase
 from agent_operator.core.decide import RunState, StartStep
+from agent_operator.core.reasons import Reason
 from agent_operator.kube.manifests import step_job
 from agent_operator.kube.observe import TAIL_CHARS, approval_view, run_from_job
 
@@ -399,11 +400,11 @@ def test_a_complete_job_waits_for_its_pods_result_to_be_seen() -> None:
 def test_a_pod_that_cannot_start_says_why() -> None:
     pulling = pod(
         "Pending",
-        {"waiting": {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "x:1"'}},
+        {"waiting": {"reason": "ErrImagePull", "message": 'pull of "x:1" timed out'}},
     )
     run = run_from_job(job(active=1), pulling, None)
-    assert run.state == RunState.running
-    assert run.message == 'ImagePullBackOff: Back-off pulling image "x:1"'
+    assert (run.state, run.lingering) == (RunState.running, False)  # the kubelet tries again
+    assert run.message == 'ErrImagePull: pull of "x:1" timed out'
     creating = pod("Pending", {"waiting": {"reason": "ContainerCreating"}})
     assert run_from_job(job(active=1), creating, None).message == ""
     unschedulable = pod("Pending", {})
@@ -418,6 +419,30 @@ def test_a_pod_that_cannot_start_says_why() -> None:
     assert run_from_job(job(active=1), unschedulable, None).message == (
         "Unschedulable: 0/3 nodes are available: 3 Insufficient memory."
     )
+
+
+@pytest.mark.parametrize(
+    ("reason", "message"),
+    [
+        ("ErrImageNeverPull", 'Container image "x:1" is not present with pull policy of Never'),
+        ("InvalidImageName", 'Failed to apply default image tag "X::1": invalid reference'),
+        ("ImagePullBackOff", 'Back-off pulling image "x:1"'),
+    ],
+)
+def test_a_pod_whose_image_will_not_come_fails_the_attempt_and_lingers(
+    reason: str, message: str
+) -> None:
+    """The Job controller never fails such a Job: the attempt ends here, and the Job,
+    which would hold its slot forever, is marked for the operator to stop."""
+    stuck = pod("Pending", {"waiting": {"reason": reason, "message": message}})
+    run = run_from_job(job(active=1), stuck, None)
+    assert (run.state, run.reason, run.lingering) == (
+        RunState.failed,
+        Reason.image_unavailable,
+        True,
+    )
+    assert run.message == f"{reason}: {message}"
+    assert run.finished_at is not None and run.finished_at >= T_STARTED
 
 
 def test_start_time_falls_back_to_creation_and_is_utc() -> None:
