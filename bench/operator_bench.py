@@ -40,9 +40,9 @@ from kubernetes import client, config, watch
 
 from agent_operator.api import GROUP, VERSION
 from agent_operator.kube.manifests import LABEL_STEP, LABEL_TASK, MANAGED_SELECTOR
-from tests.e2e.cluster import ControlPlane
+from localcluster.controlplane import ControlPlane
+from localcluster.kubelet import project_kubelet
 from tests.e2e.conftest import OperatorProcess
-from tests.e2e.kubelet import project_kubelet
 from tests.operator.harness import JOBS, Emulated, emulated_cluster, pool, succeeded
 from tests.operator.harness import agent_task as emulated_task
 from tests.support.postgres import local_postgres

@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.e2e.cluster import (  # noqa: E402
+from localcluster.controlplane import (  # noqa: E402
     ClusterError,
     ControlPlane,
     NodeCredentials,
@@ -33,7 +33,7 @@ from tests.e2e.cluster import (  # noqa: E402
     recorded_alive,
     stop_recorded,
 )
-from tests.e2e.kubelet import project_kubelet  # noqa: E402
+from localcluster.kubelet import project_kubelet  # noqa: E402
 
 NODE_NAME = "e2e-node"
 MARKER = ".agent-operator-e2e-cluster"  # only a directory holding it is ever wiped

@@ -27,8 +27,8 @@ import psycopg
 import pytest
 
 from agent_operator.store import resolve_url
-from tests.e2e.cluster import ControlPlane, die_with_parent, eventually, free_ports, tail
-from tests.e2e.kubelet import LocalKubelet, project_kubelet
+from localcluster.controlplane import ControlPlane, die_with_parent, eventually, free_ports, tail
+from localcluster.kubelet import LocalKubelet, project_kubelet
 
 REPO = Path(__file__).resolve().parents[2]
 NODE_NAME = "e2e-node"

@@ -25,10 +25,10 @@ import pytest
 import yaml
 
 from agent_operator.store import resolve_url
+from localcluster.controlplane import eventually, free_ports
+from localcluster.kubelet import LocalKubelet
 from tests.chart.helm import CHART, HelmError, helm, helm_binary
-from tests.e2e.cluster import eventually, free_ports
 from tests.e2e.conftest import Cluster, Kubectl, KubectlError
-from tests.e2e.kubelet import LocalKubelet
 
 pytestmark = pytest.mark.e2e
 

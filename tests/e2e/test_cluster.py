@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.cluster import eventually
+from localcluster.controlplane import eventually
+from localcluster.kubelet import LocalKubelet
 from tests.e2e.conftest import REPO, Cluster, Kubectl
-from tests.e2e.kubelet import LocalKubelet
 
 pytestmark = pytest.mark.e2e
 

@@ -24,9 +24,9 @@ import pytest
 import yaml
 
 from agent_operator.store import resolve_url
-from tests.e2e.cluster import eventually
+from localcluster.controlplane import eventually
+from localcluster.kubelet import LocalKubelet
 from tests.e2e.conftest import REPO, Kubectl, OperatorProcess
-from tests.e2e.kubelet import LocalKubelet
 from tests.support.openai_server import ScriptedOpenAI, text
 
 pytestmark = pytest.mark.e2e

@@ -40,7 +40,7 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
-from tests.e2e.cluster import NodeCredentials, die_with_parent
+from localcluster.controlplane import NodeCredentials, die_with_parent
 
 log = logging.getLogger(__name__)
 
