@@ -50,7 +50,7 @@ from tests.support.postgres import local_postgres
 REPO = Path(__file__).resolve().parent.parent
 NAMESPACE = "bench"
 NODE = "bench-node"
-RUNTIME_IMAGE = "agent-runtime:bench"  # run by the local kubelet as the installed agent-runtime
+RUNTIME_IMAGE = "agent-runtime:e2e"  # run by the local kubelet as the installed agent-runtime
 BENCH_AGENT = "agent-operator-bench"  # the User-Agent of this process's own requests
 STATS_FLUSH_SECONDS = 11  # Postgres publishes an idle backend's statistics within 10 s
 

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -73,14 +74,20 @@ class LocalImage:
     env: Mapping[str, str] = field(default_factory=dict)
 
 
+# The tags the project's images carry here: the package's version (the chart's default) and
+# the one hack/kind-e2e.sh loads. Any other tag is an image this node does not have.
+PROJECT_TAGS = (version("agent-operator"), "e2e")
+
+
 def project_images(venv: Path) -> dict[str, LocalImage]:
     """The project's images (docker/*.Dockerfile) as commands of its virtualenv."""
     env = {"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    runtime = LocalImage((str(venv / "bin" / "agent-runtime"),), ("run-step",), env)
+    operator = LocalImage((str(venv / "bin" / "python"), "-m", "agent_operator"), (), env)
     return {
-        "agent-runtime": LocalImage((str(venv / "bin" / "agent-runtime"),), ("run-step",), env),
-        "agent-operator": LocalImage(
-            (str(venv / "bin" / "python"), "-m", "agent_operator"), (), env
-        ),
+        f"{name}:{tag}": image
+        for tag in PROJECT_TAGS
+        for name, image in (("agent-runtime", runtime), ("agent-operator", operator))
     }
 
 
@@ -268,10 +275,10 @@ def _host_facts() -> dict[str, str]:
 class LocalKubelet:
     """A kubelet for one Node whose containers are local processes (see the module doc).
 
-    `images` maps image names (a prefix of the reference or of its last path segment; the
-    longest match wins) to the local argv standing in for the image's ENTRYPOINT and CMD,
-    for containers that give no `command`. `serving` (cert, key) and `client_ca` enable the
-    kubelet API for `kubectl logs`.
+    `images` maps image references (`name:tag`, matched against the reference's last path
+    segment, `latest` when it gives no tag) to the local argv standing in for the image's
+    ENTRYPOINT and CMD, for containers that give no `command`. `serving` (cert, key) and
+    `client_ca` enable the kubelet API for `kubectl logs`.
     """
 
     def __init__(
@@ -344,9 +351,8 @@ class LocalKubelet:
         return worker.dir if worker else None
 
     def image(self, reference: str) -> LocalImage | None:
-        last = reference.rsplit("/", 1)[-1]
-        matches = [k for k in self.images if reference.startswith(k) or last.startswith(k)]
-        return self.images[max(matches, key=len)] if matches else None
+        last = reference.split("@", 1)[0].rsplit("/", 1)[-1]
+        return self.images.get(last if ":" in last else f"{last}:latest")
 
     # --- the Node -------------------------------------------------------------------
 
@@ -877,9 +883,11 @@ class _PodWorker(threading.Thread):
             try:
                 argv, env = self._command(container)
             except ImageUnavailable as exc:
+                # As a kubelet that may not pull: the pod waits until it is deleted or its
+                # deadline passes; nothing ever fails it.
                 status["state"] = {"waiting": {"reason": "ErrImageNeverPull", "message": str(exc)}}
-                self.reason, self.message = "ErrImageNeverPull", str(exc)
-                self._halt.set()
+                self._publish()
+                self._halt.wait()
                 return None
             except ContainerConfigError as exc:
                 status["state"] = {

@@ -66,8 +66,7 @@ def run_from_job(job: Obj, pod: Obj | None, load_result: LoadResult | None) -> S
     terminated = (status.get("state") or {}).get("terminated")
     ending = _job_ending(job, pod, terminated) or _pod_ending(pod, terminated)
     if ending is None:
-        waiting = (status.get("state") or {}).get("waiting") or {}
-        if waiting.get("reason") in _IMAGE_UNAVAILABLE:
+        if _image_unavailable(status):
             return replace(
                 run,
                 state=RunState.failed,
@@ -184,6 +183,9 @@ def _pod_failure(pod: Obj | None, terminated: Obj | None) -> tuple[str, str] | N
         return Reason.evicted, f"{disruption.get('reason')}: {disruption.get('message', '')}"
     if pod["metadata"].get("deletionTimestamp"):
         return Reason.pod_deleted, "the step's pod was deleted while it ran"
+    container = _container_status(pod)
+    if _image_unavailable(container):  # a node that fails such a pod rather than wait
+        return Reason.image_unavailable, _waiting_message(pod, container)
     if terminated is not None:
         code = terminated.get("exitCode")
         why = terminated.get("reason")
@@ -226,6 +228,11 @@ def _waiting_message(pod: Obj | None, container: Obj) -> str:
         if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
             return f"{condition.get('reason', 'Unschedulable')}: {condition.get('message', '')}"
     return ""
+
+
+def _image_unavailable(container: Obj) -> bool:
+    waiting = (container.get("state") or {}).get("waiting") or {}
+    return waiting.get("reason") in _IMAGE_UNAVAILABLE
 
 
 def _container_status(pod: Obj | None) -> Obj:

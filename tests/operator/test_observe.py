@@ -445,6 +445,19 @@ def test_a_pod_whose_image_will_not_come_fails_the_attempt_and_lingers(
     assert run.finished_at is not None and run.finished_at >= T_STARTED
 
 
+def test_a_node_that_fails_a_pod_for_its_image_fails_the_attempt_as_image_unavailable() -> None:
+    message = 'image "x:1" is not present'
+    failed = pod("Failed", {"waiting": {"reason": "ErrImageNeverPull", "message": message}})
+    failed["status"] |= {"reason": "ErrImageNeverPull", "message": message}
+    run = run_from_job(job(active=1), failed, None)
+    assert (run.state, run.reason, run.lingering) == (
+        RunState.failed,
+        Reason.image_unavailable,
+        False,  # the pod has ended: the Job controller ends the Job
+    )
+    assert run.message == f"ErrImageNeverPull: {message}"
+
+
 def test_start_time_falls_back_to_creation_and_is_utc() -> None:
     waiting = job()
     del waiting["status"]["startTime"]
