@@ -114,10 +114,17 @@ class LabelledCache:
             return list(self._objects.values())
 
     def put(self, obj: Obj) -> None:
-        """An object this operator has just created or read: known before the watch says so."""
+        """An object this operator has just created or read: known before the watch says so.
+
+        The watch may have brought its creation and its deletion before the creator puts
+        it (someone deleted it at once); a deletion seen at this version or later wins, or
+        the object would live on in the cache and its attempt never be called lost."""
         with self._lock:
             key = _key(obj)
             known = self._objects.get(key)
+            gone = self._gone.get(key)
+            if gone is not None and _version(obj) <= _version(gone[0]):
+                return
             if known is None or _version(known) <= _version(obj):
                 self._store(key, obj)
                 self._puts += 1

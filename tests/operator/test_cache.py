@@ -107,6 +107,24 @@ def test_a_deleted_job_leaves_its_last_state_for_a_while(
     assert [o["metadata"]["name"] for o in jobs.gone_for_key("task-a")] == ["a"]
 
 
+def test_a_job_deleted_before_its_creator_put_it_stays_gone(
+    cluster: Emulated, jobs: LabelledCache
+) -> None:
+    """The operator puts the Job it created once the create call returns; by then the watch
+    may have brought its creation and its deletion (`kubectl delete job` at once). Before,
+    the put brought the Job back to life, so its attempt was never called lost and the step
+    never retried."""
+    created = cluster.batch.api_client.sanitize_for_serialization(
+        cluster.batch.create_namespaced_job(NS, job("a", "task-a"))
+    )
+    eventually(lambda: jobs.get(NS, "a"), what="the Job in the cache")
+    cluster.batch.delete_namespaced_job("a", NS)
+    eventually(lambda: jobs.get(NS, "a") is None, what="the Job gone")
+    jobs.put(created)  # the create call returns only now
+    assert jobs.for_key("task-a") == []
+    assert [o["metadata"]["name"] for o in jobs.gone_for_key("task-a")] == ["a"]
+
+
 def test_a_job_put_while_a_relist_is_in_flight_is_not_taken_for_gone() -> None:
     """A Job the operator creates while a relist's list call is on its way is not in that
     list; dropping it would make the core call its attempt lost and start it again."""
