@@ -26,11 +26,10 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -41,7 +40,9 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
+from localcluster import container as runtime
 from localcluster.controlplane import NodeCredentials, die_with_parent
+from localcluster.images import Image, ImageStore, default_store
 
 log = logging.getLogger(__name__)
 
@@ -64,39 +65,12 @@ PATCH = "application/strategic-merge-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
 
 
-@dataclass(frozen=True)
-class LocalImage:
-    """How to run an image without a runtime: its ENTRYPOINT and CMD as local argv, and
-    its ENV."""
-
-    entrypoint: tuple[str, ...]
-    cmd: tuple[str, ...] = ()
-    env: Mapping[str, str] = field(default_factory=dict)
-
-
-# The tags the project's images carry here: the package's version (the chart's default) and
-# the one hack/kind-e2e.sh loads. Any other tag is an image this node does not have.
-PROJECT_TAGS = (version("agent-operator"), "e2e")
-
-
-def project_images(venv: Path) -> dict[str, LocalImage]:
-    """The project's images (docker/*.Dockerfile) as commands of its virtualenv."""
-    env = {"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
-    runtime = LocalImage((str(venv / "bin" / "agent-runtime"),), ("run-step",), env)
-    operator = LocalImage((str(venv / "bin" / "python"), "-m", "agent_operator"), (), env)
-    return {
-        f"{name}:{tag}": image
-        for tag in PROJECT_TAGS
-        for name, image in (("agent-runtime", runtime), ("agent-operator", operator))
-    }
-
-
 def project_kubelet(credentials: NodeCredentials, work_dir: Path, node: str) -> LocalKubelet:
-    """A local kubelet for `node` that runs the project's images from this virtualenv."""
+    """A local kubelet for `node` that runs containers from the images `make images` made."""
     return LocalKubelet(
         credentials.kubeconfig,
         work_dir,
-        project_images(Path(sys.prefix)),
+        ImageStore(default_store()),
         node_name=node,
         serving=(credentials.serving_cert, credentials.serving_key),
         client_ca=credentials.client_ca,
@@ -108,7 +82,7 @@ class ContainerConfigError(Exception):
 
 
 class ImageUnavailable(Exception):
-    """No command and no local stand-in for the image: the pod cannot run at all."""
+    """The node does not have the image, and pulls nothing: the container cannot start."""
 
 
 def now() -> str:
@@ -275,9 +249,7 @@ def _host_facts() -> dict[str, str]:
 class LocalKubelet:
     """A kubelet for one Node whose containers are local processes (see the module doc).
 
-    `images` maps image references (`name:tag`, matched against the reference's last path
-    segment, `latest` when it gives no tag) to the local argv standing in for the image's
-    ENTRYPOINT and CMD, for containers that give no `command`. `serving` (cert, key) and
+    `images` are the images the node has (it pulls none). `serving` (cert, key) and
     `client_ca` enable the kubelet API for `kubectl logs`.
     """
 
@@ -285,7 +257,7 @@ class LocalKubelet:
         self,
         kubeconfig: Path,
         root: Path,
-        images: Mapping[str, LocalImage | Sequence[str]] | None = None,
+        images: ImageStore,
         *,
         node_name: str = "e2e-node",
         serving: tuple[Path, Path] | None = None,
@@ -293,10 +265,7 @@ class LocalKubelet:
     ) -> None:
         self.node_name = node_name
         self.root = root
-        self.images = {
-            name: image if isinstance(image, LocalImage) else LocalImage(tuple(image))
-            for name, image in (images or {}).items()
-        }
+        self.images = images
         self.kubeconfig = kubeconfig
         self.server, self.ca_data = _cluster_of(kubeconfig)
         self.service_port = urlsplit(self.server).port or 443
@@ -349,10 +318,6 @@ class LocalKubelet:
         with self._lock:
             worker = self._by_name.get((namespace, name))
         return worker.dir if worker else None
-
-    def image(self, reference: str) -> LocalImage | None:
-        last = reference.split("@", 1)[0].rsplit("/", 1)[-1]
-        return self.images.get(last if ":" in last else f"{last}:latest")
 
     # --- the Node -------------------------------------------------------------------
 
@@ -644,6 +609,52 @@ def _cluster_of(kubeconfig: Path) -> tuple[str, bytes]:
 # --- one pod ----------------------------------------------------------------------------
 
 
+def _identity(image: Image, security: Mapping[str, Any]) -> tuple[int, int]:
+    """The uid and gid a container runs as: runAsUser/runAsGroup, else the image's USER
+    (`uid`, `uid:gid`, or names looked up in the image's /etc/passwd and /etc/group)."""
+    user, _, group = image.user.partition(":")
+    passwd = _table(image.rootfs / "etc" / "passwd")
+    uid = _lookup(user or "0", passwd, "user")
+    if security.get("runAsUser") is not None:
+        uid = int(security["runAsUser"])
+    if security.get("runAsGroup") is not None:
+        return uid, int(security["runAsGroup"])
+    if group:
+        return uid, _lookup(group, _table(image.rootfs / "etc" / "group"), "group")
+    entry = next((row for row in passwd.values() if row[1] == str(uid)), None)
+    return uid, int(entry[2]) if entry and entry[2].isdigit() else 0
+
+
+def _table(path: Path) -> dict[str, list[str]]:
+    """/etc/passwd or /etc/group of an image, by name."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return {}
+    rows = [line.split(":") for line in lines if line and not line.startswith("#")]
+    return {row[0]: row for row in rows if len(row) >= 3}
+
+
+def _lookup(name: str, table: Mapping[str, list[str]], what: str) -> int:
+    if name.isdigit():
+        return int(name)
+    row = table.get(name)
+    if row is None or not row[2].isdigit():
+        raise ContainerConfigError(f"unable to find {what} {name}: no matching entries in image")
+    return int(row[2])
+
+
+def _home(image: Image, uid: int) -> str:
+    """HOME as a runtime sets it when the image does not: the user's, else /."""
+    passwd = _table(image.rootfs / "etc" / "passwd")
+    entry = next((row for row in passwd.values() if row[2] == str(uid) and len(row) > 5), None)
+    return entry[5] if entry and entry[5] else "/"
+
+
+def _termination_target(spec: Mapping[str, Any]) -> str:
+    return str(spec.get("terminationMessagePath") or DEFAULT_TERMINATION_PATH)
+
+
 @dataclass
 class _Container:
     """The kubelet's view of one container of the pod."""
@@ -696,7 +707,7 @@ class _PodWorker(threading.Thread):
         self._gone = False  # the pod object no longer exists
         self._shutdown = False  # the kubelet stops: kill, report nothing
         self._status_lock = threading.Lock()
-        self.kubeconfig: Path | None = None
+        self.volumes: dict[str, Path] = {}  # by volume name, once made
 
     @staticmethod
     def _waiting(spec: dict[str, Any], reason: str) -> dict[str, Any]:
@@ -786,27 +797,21 @@ class _PodWorker(threading.Thread):
             self._finish("Failed", self.reason, self.message)
 
     def _prepare(self) -> bool:
-        """Make the pod's directories and its service-account token; False if stopped first."""
-        for sub in ("work", "tmp", "logs", "termination", "serviceaccount"):
+        """Make the pod's directories and volumes; False if the pod was stopped first.
+
+        A volume that cannot be made yet (a Secret not there, a token the Node authorizer
+        does not grant yet: it learns of new pods a moment after they are bound) keeps the
+        containers waiting in ContainerCreating, as a real kubelet's failed mount does."""
+        for sub in ("logs", "termination", "volumes", "layers"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
-        source = next(
-            (
-                s["serviceAccountToken"]
-                for v in self.spec.get("volumes", [])
-                for s in v.get("projected", {}).get("sources", [])
-                if "serviceAccountToken" in s
-            ),
-            None,
-        )
-        if source is None:  # automountServiceAccountToken is off
-            return True
+        self._write_etc()
         while not self._halt.is_set():
             try:
-                self._write_token(source)
+                for volume in self.spec.get("volumes", []):
+                    self.volumes[volume["name"]] = self._make_volume(volume)
                 return True
-            except Exception as exc:
-                # The Node authorizer learns of new pods a moment after they are bound.
-                message = f"service-account token: {_describe(exc)}"
+            except (ContainerConfigError, ApiException, OSError) as exc:
+                message = f"MountVolume.SetUp failed: {_describe(exc)}"
                 for container in self.containers:
                     container.status["state"] = {
                         "waiting": {"reason": "ContainerCreating", "message": message}
@@ -815,7 +820,113 @@ class _PodWorker(threading.Thread):
                 self._halt.wait(CONFIG_RETRY_SECONDS)
         return False
 
-    def _write_token(self, source: dict[str, Any]) -> None:
+    def _write_etc(self) -> None:
+        """The pod's /etc/hosts and /etc/hostname, shared by its containers."""
+        hostname = self.spec.get("hostname") or self.pod_name
+        (self.dir / "hostname").write_text(hostname + "\n")
+        (self.dir / "hosts").write_text(
+            "# Kubernetes-managed hosts file (local kubelet).\n"
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+            f"{LOOPBACK}\t{hostname}\n"
+        )
+
+    def _make_volume(self, volume: dict[str, Any]) -> Path:
+        """One volume's files under the pod's directory, as the volume plugin would make them."""
+        name = str(volume["name"])
+        path = self.dir / "volumes" / name
+        if "emptyDir" in volume:
+            path.mkdir(exist_ok=True)
+            path.chmod(0o777)  # as the kubelet makes it: any user of the pod may write
+            return path
+        if "hostPath" in volume:
+            return Path(volume["hostPath"]["path"])
+        files: dict[str, tuple[bytes, int | None]] = {}
+        mode: int = 0o644
+        if "secret" in volume:
+            source = volume["secret"]
+            mode = source.get("defaultMode", mode)
+            data = self._secret(source["secretName"], bool(source.get("optional")))
+            files = self._items(data, source)
+        elif "configMap" in volume:
+            source = volume["configMap"]
+            mode = source.get("defaultMode", mode)
+            data = self._config_map(source["name"], bool(source.get("optional")))
+            files = self._items(data, source)
+        elif "downwardAPI" in volume:
+            mode = volume["downwardAPI"].get("defaultMode", mode)
+            files = self._downward(volume["downwardAPI"].get("items", []))
+        elif "projected" in volume:
+            mode = volume["projected"].get("defaultMode", mode)
+            for source in volume["projected"].get("sources", []):
+                files.update(self._projected(source))
+        else:
+            kinds = sorted(k for k in volume if k != "name")
+            raise ContainerConfigError(
+                f"volume {name!r}: the local kubelet does not support {', '.join(kinds)}"
+            )
+        staging = self.dir / "volumes" / f".{name}.new"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        group = self.spec.get("securityContext", {}).get("fsGroup")
+        for relative, (content, item_mode) in files.items():
+            target = staging / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content)
+            file_mode = mode if item_mode is None else item_mode
+            if group is not None:  # readable by the pod's fsGroup, as the kubelet sets it
+                os.chown(target, 0, int(group))
+                file_mode = (file_mode | 0o040) & ~0o007 if file_mode & 0o004 else file_mode
+            target.chmod(file_mode)
+        shutil.rmtree(path, ignore_errors=True)
+        staging.rename(path)
+        return path
+
+    @staticmethod
+    def _items(
+        data: Mapping[str, bytes], source: dict[str, Any]
+    ) -> dict[str, tuple[bytes, int | None]]:
+        """A Secret's or ConfigMap's keys as files: all of them, or the `items` asked for."""
+        items = source.get("items")
+        if items is None:
+            return {key: (value, None) for key, value in data.items()}
+        files = {}
+        for item in items:
+            if item["key"] not in data:
+                if source.get("optional"):
+                    continue
+                raise ContainerConfigError(f"configmap or secret has no key {item['key']!r}")
+            files[item["path"]] = (data[item["key"]], item.get("mode"))
+        return files
+
+    def _downward(self, items: list[dict[str, Any]]) -> dict[str, tuple[bytes, int | None]]:
+        files = {}
+        for item in items:
+            if "fieldRef" not in item:
+                raise ContainerConfigError(
+                    f"downwardAPI item {item.get('path')!r}: the local kubelet reads fieldRef only"
+                )
+            value = self._field(item["fieldRef"]["fieldPath"])
+            files[item["path"]] = (value.encode(), item.get("mode"))
+        return files
+
+    def _projected(self, source: dict[str, Any]) -> dict[str, tuple[bytes, int | None]]:
+        if "serviceAccountToken" in source:
+            token = source["serviceAccountToken"]
+            return {token["path"]: (self._token(token).encode(), None)}
+        if "configMap" in source:
+            ref = source["configMap"]
+            return self._items(self._config_map(ref["name"], bool(ref.get("optional"))), ref)
+        if "secret" in source:
+            ref = source["secret"]
+            return self._items(self._secret(ref["name"], bool(ref.get("optional"))), ref)
+        if "downwardAPI" in source:
+            return self._downward(source["downwardAPI"].get("items", []))
+        raise ContainerConfigError(
+            f"the local kubelet does not support the projected source {sorted(source)}"
+        )
+
+    def _token(self, source: dict[str, Any]) -> str:
+        """A service-account token for this pod from the TokenRequest API, bound to the pod."""
         account = self.spec.get("serviceAccountName") or "default"
         spec: dict[str, Any] = {
             "expirationSeconds": int(source.get("expirationSeconds") or TOKEN_SECONDS),
@@ -830,40 +941,8 @@ class _PodWorker(threading.Thread):
             spec["audiences"] = [source["audience"]]
         request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
         path = f"/api/v1/namespaces/{self.namespace}/serviceaccounts/{account}/token"
-        token = self.kubelet.api.call("POST", path, request)["status"]["token"]
-        accounts = self.dir / "serviceaccount"
-        (accounts / "token").write_text(token)
-        (accounts / "ca.crt").write_bytes(self.kubelet.ca_data)
-        (accounts / "namespace").write_text(self.namespace)
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [
-                {
-                    "name": "in-cluster",
-                    "cluster": {
-                        "server": self.kubelet.server,
-                        "certificate-authority": str(accounts / "ca.crt"),
-                    },
-                }
-            ],
-            # Inline, not tokenFile: every client (Kopf's own kubeconfig reader too) takes it.
-            "users": [{"name": account, "user": {"token": token}}],
-            "contexts": [
-                {
-                    "name": "in-cluster",
-                    "context": {
-                        "cluster": "in-cluster",
-                        "user": account,
-                        "namespace": self.namespace,
-                    },
-                }
-            ],
-            "current-context": "in-cluster",
-        }
-        self.kubeconfig = self.dir / "kubeconfig"
-        self.kubeconfig.write_text(yaml.safe_dump(config))
-        self.kubeconfig.chmod(0o600)
+        token: str = self.kubelet.api.call("POST", path, request)["status"]["token"]
+        return token
 
     def _guarded(self, container: _Container) -> None:
         """A container's thread: a kubelet bug fails the pod instead of leaving it hanging."""
@@ -881,7 +960,7 @@ class _PodWorker(threading.Thread):
         status = container.status
         while not self._halt.is_set():
             try:
-                argv, env = self._command(container)
+                spec, image = self._container_spec(container)
             except ImageUnavailable as exc:
                 # As a kubelet that may not pull: the pod waits until it is deleted or its
                 # deadline passes; nothing ever fails it.
@@ -896,7 +975,7 @@ class _PodWorker(threading.Thread):
                 self._publish()
                 self._halt.wait(CONFIG_RETRY_SECONDS)
                 continue
-            code = self._execute(container, argv, env)
+            code = self._execute(container, spec, image)
             if container.init:
                 restart = code != 0 and self.restart_policy != "Never"
             else:
@@ -915,45 +994,38 @@ class _PodWorker(threading.Thread):
             backoff = min(backoff * 2, BACKOFF_SECONDS[1])
         return None
 
-    def _execute(self, container: _Container, argv: list[str], env: dict[str, str]) -> int:
-        """Start the process, report it running, wait for it (killing it on deletion or
+    def _execute(self, container: _Container, spec: runtime.ContainerSpec, image: Image) -> int:
+        """Start the container, report it running, wait for it (killing it on deletion or
         deadline), and record how it ended."""
         status = container.status
         log_path = self.log_path(container.name)
         if log_path.exists():
             log_path.replace(self.log_path(container.name, previous=True))
-        message_path = Path(env["TERMINATION_MESSAGE_PATH"])
+        message_path = self._termination_path(container.spec)
         message_path.write_bytes(b"")
+        message_path.chmod(0o666)  # as the kubelet makes it: the container's user writes it
+        start_error = Path(spec.start_error)
+        layer = Path(spec.layer)
+        shutil.rmtree(layer, ignore_errors=True)
+        spec_path = layer.with_suffix(".json")
+        spec.write(spec_path)
         started = now()
-        try:
-            with log_path.open("ab") as out:
-                process = subprocess.Popen(
-                    argv,
-                    cwd=self.dir / "work",
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    # This thread waits for the process: it outlives it, unless we are killed.
-                    preexec_fn=die_with_parent,
-                )
-        except OSError as exc:
-            status["state"] = {
-                "terminated": {
-                    "exitCode": 128,
-                    "reason": "StartError",
-                    "message": f"failed to start {argv[0]!r}: {exc}",
-                    "startedAt": started,
-                    "finishedAt": now(),
-                }
-            }
-            return 128
+        with log_path.open("ab") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-I", runtime.__file__, str(spec_path)],
+                env={},
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                # This thread waits for the process: it outlives it, unless we are killed.
+                preexec_fn=die_with_parent,
+            )
         container.process = process
         container_id = f"local://{process.pid}"
         status.update(
             containerID=container_id,
-            imageID=f"local://{container.spec.get('image', '')}",
+            imageID=image.id,
             started=True,
             ready=not container.init,
             state={"running": {"startedAt": started}},
@@ -963,17 +1035,21 @@ class _PodWorker(threading.Thread):
             if self._halt.wait(POLL_SECONDS):
                 self._kill(process)
         _signal_group(process.pid, signal.SIGKILL)  # whatever it left behind
+        shutil.rmtree(layer, ignore_errors=True)  # a restarted container starts afresh
         code = _exit_code(process.returncode)
+        failed_start = start_error.read_text(errors="replace") if start_error.exists() else ""
         terminated: dict[str, Any] = {
             "exitCode": code,
-            "reason": "Completed" if code == 0 else "Error",
+            "reason": "StartError" if failed_start else "Completed" if code == 0 else "Error",
             "startedAt": started,
             "finishedAt": now(),
             "containerID": container_id,
         }
         message = message_path.read_bytes()[:MESSAGE_LIMIT].decode(errors="replace")
         policy = container.spec.get("terminationMessagePolicy", "File")
-        if not message and code != 0 and policy == "FallbackToLogsOnError":
+        if failed_start:
+            message = f"failed to start container {container.name!r}: {failed_start}"
+        elif not message and code != 0 and policy == "FallbackToLogsOnError":
             message = _read_tail(log_path, FALLBACK_LOG_LINES, FALLBACK_LOG_BYTES)
         if message:
             terminated["message"] = message
@@ -991,37 +1067,94 @@ class _PodWorker(threading.Thread):
 
     # --- command and environment ---
 
-    def _command(self, container: _Container) -> tuple[list[str], dict[str, str]]:
+    def _container_spec(self, container: _Container) -> tuple[runtime.ContainerSpec, Image]:
+        """How to run the container: its image, command, environment, identity and mounts,
+        as a kubelet and its runtime put them together from the pod spec and the image."""
         spec = container.spec
-        image = self.kubelet.image(spec.get("image", ""))
-        env = self._env(spec, image.env if image else {})
+        image = self.kubelet.images.find(spec.get("image", ""))
+        if image is None:
+            raise ImageUnavailable(
+                f"Container image {spec.get('image')!r} is not present with pull policy of "
+                "Never (the local kubelet pulls nothing: `make images` builds the project's)"
+            )
+        security = {**self.spec.get("securityContext", {}), **spec.get("securityContext", {})}
+        uid, gid = _identity(image, security)
+        if security.get("runAsNonRoot") and uid == 0:
+            raise ContainerConfigError(
+                f'container has runAsNonRoot and image will run as root (pod: "{self.pod_name}'
+                f'_{self.namespace}({self.uid})", container: {container.name})'
+            )
+        env = self._env(spec, image, uid)
         command, args = spec.get("command"), spec.get("args")
         if not command:
-            if image is None:
-                raise ImageUnavailable(
-                    f"image {spec.get('image')!r} cannot be run by the local kubelet: the "
-                    "container has no command and the image is not in its image map"
-                )
             command, args = list(image.entrypoint), args if args is not None else list(image.cmd)
-        return [expand(part, env) for part in [*command, *(args or [])]], env
+        argv = [expand(part, env) for part in [*command, *(args or [])]]
+        if not argv:
+            raise ContainerConfigError(f"container {container.name!r}: no command specified")
+        pod_security = self.spec.get("securityContext", {})
+        groups = [int(g) for g in pod_security.get("supplementalGroups", [])]
+        if pod_security.get("fsGroup") is not None:
+            groups.append(int(pod_security["fsGroup"]))
+        capabilities = set(runtime.DEFAULT_CAPABILITIES)
+        if security.get("privileged"):
+            capabilities = set(runtime.CAPABILITIES)
+        asked = spec.get("securityContext", {}).get("capabilities", {})
+        dropped = set(asked.get("drop", []))
+        capabilities = set() if "ALL" in dropped else capabilities - dropped
+        capabilities |= set(asked.get("add", []))
+        mounts = [
+            runtime.Mount(str(self._termination_path(spec)), _termination_target(spec)),
+            runtime.Mount(str(self.dir / "hosts"), "/etc/hosts"),
+            runtime.Mount(str(self.dir / "hostname"), "/etc/hostname"),
+        ]
+        if Path("/etc/resolv.conf").exists():
+            mounts.append(runtime.Mount("/etc/resolv.conf", "/etc/resolv.conf", read_only=True))
+        read_only_kinds = ("secret", "configMap", "downwardAPI", "projected")
+        kinds = {v["name"]: v for v in self.spec.get("volumes", [])}
+        for mount in spec.get("volumeMounts", []):
+            source = self.volumes.get(mount["name"])
+            if source is None:
+                raise ContainerConfigError(
+                    f"volumeMount {mount['name']!r} names no volume of the pod"
+                )
+            if mount.get("subPath"):
+                source = source / mount["subPath"]
+                if not source.exists():
+                    source.mkdir(parents=True)
+            forced = any(k in kinds[mount["name"]] for k in read_only_kinds)
+            read_only = bool(mount.get("readOnly")) or forced
+            mounts.append(runtime.Mount(str(source), mount["mountPath"], read_only))
+        layer = self.dir / "layers" / f"{container.name}-{container.status['restartCount']}"
+        return runtime.ContainerSpec(
+            rootfs=str(image.rootfs),
+            layer=str(layer),
+            argv=argv,
+            env=env,
+            uid=uid,
+            gid=gid,
+            groups=groups,
+            cwd=spec.get("workingDir") or image.working_dir or "/",
+            hostname=self.spec.get("hostname") or self.pod_name,
+            read_only_root=bool(security.get("readOnlyRootFilesystem")),
+            no_new_privs=security.get("allowPrivilegeEscalation") is False,
+            capabilities=sorted(capabilities),
+            mounts=mounts,
+            start_error=str(layer.with_suffix(".start-error")),
+        ), image
 
-    def _env(self, spec: dict[str, Any], image_env: Mapping[str, str]) -> dict[str, str]:
+    def _env(self, spec: dict[str, Any], image: Image, uid: int) -> dict[str, str]:
         """The container's environment, in a runtime's and kubelet's order: image ENV, then
         service variables, then envFrom, then env (`$(VAR)` expands what came before)."""
         port = str(self.kubelet.service_port)
         env = {
-            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
-            "HOME": str(self.dir / "work"),
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             "HOSTNAME": self.spec.get("hostname") or self.pod_name,
-            "TMPDIR": str(self.dir / "tmp"),
-            **image_env,
+            **image.env,
             "KUBERNETES_SERVICE_HOST": LOOPBACK,
             "KUBERNETES_SERVICE_PORT": port,
             "KUBERNETES_SERVICE_PORT_HTTPS": port,
-            "TERMINATION_MESSAGE_PATH": str(self._termination_path(spec)),
         }
-        if self.kubeconfig is not None:
-            env["KUBECONFIG"] = str(self.kubeconfig)
+        env.setdefault("HOME", _home(image, uid))
         for source in spec.get("envFrom", []):
             prefix = source.get("prefix", "")
             if "configMapRef" in source:
@@ -1031,7 +1164,9 @@ class _PodWorker(threading.Thread):
             else:
                 continue
             data = values(ref["name"], bool(ref.get("optional")))
-            env.update({prefix + k: v for k, v in data.items() if "=" not in k})
+            env.update(
+                {prefix + k: v.decode(errors="replace") for k, v in data.items() if "=" not in k}
+            )
         for var in spec.get("env", []):
             if "valueFrom" in var:
                 value = self._value_from(var["valueFrom"])
@@ -1042,10 +1177,8 @@ class _PodWorker(threading.Thread):
         return env
 
     def _termination_path(self, spec: dict[str, Any]) -> Path:
-        """terminationMessagePath, remapped into the pod's directory (the default too)."""
-        path = spec.get("terminationMessagePath") or DEFAULT_TERMINATION_PATH
-        suffix = "" if path == DEFAULT_TERMINATION_PATH else "-" + path.strip("/").replace("/", "_")
-        return self.dir / "termination" / f"{spec['name']}{suffix}"
+        """Where the kubelet keeps a container's termination message file."""
+        return self.dir / "termination" / str(spec["name"])
 
     def _value_from(self, source: dict[str, Any]) -> str | None:
         if "fieldRef" in source:
@@ -1059,7 +1192,8 @@ class _PodWorker(threading.Thread):
                     raise ContainerConfigError(
                         f"couldn't find key {ref['key']} in {ref['name']} ({kind})"
                     )
-                return data.get(ref["key"])
+                value = data.get(ref["key"])
+                return None if value is None else value.decode(errors="replace")
         raise ContainerConfigError(
             f"the local kubelet does not support this env source: {sorted(source)}"
         )
@@ -1087,20 +1221,14 @@ class _PodWorker(threading.Thread):
                 return str(meta.get(values, {}).get(path[len(prefix) + 2 : -2], ""))
         raise ContainerConfigError(f"the local kubelet does not support fieldRef {path!r}")
 
-    def _config_map(self, name: str, optional: bool) -> dict[str, str]:
+    def _config_map(self, name: str, optional: bool) -> dict[str, bytes]:
         found = self._read("configmaps", name, optional)
-        binary = {
-            k: base64.b64decode(v).decode(errors="replace")
-            for k, v in found.get("binaryData", {}).items()
-        }
-        return {**binary, **found.get("data", {})}
+        binary = {k: base64.b64decode(v) for k, v in found.get("binaryData", {}).items()}
+        return {**binary, **{k: v.encode() for k, v in found.get("data", {}).items()}}
 
-    def _secret(self, name: str, optional: bool) -> dict[str, str]:
+    def _secret(self, name: str, optional: bool) -> dict[str, bytes]:
         found = self._read("secrets", name, optional)
-        return {
-            k: base64.b64decode(v).decode(errors="replace")
-            for k, v in found.get("data", {}).items()
-        }
+        return {k: base64.b64decode(v) for k, v in found.get("data", {}).items()}
 
     def _read(self, resource: str, name: str, optional: bool) -> dict[str, Any]:
         try:

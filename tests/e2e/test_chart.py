@@ -309,11 +309,17 @@ def test_the_operator_runs_as_the_charts_deployment(
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["image"] == "agent-operator:e2e"
     if kubelet is not None:
-        # The kubelet hands the pod a kubeconfig with a token of the chart's ServiceAccount:
-        # whatever the operator does, the API server authorizes as that account.
+        # The token mounted in the pod is one of the chart's ServiceAccount: whatever the
+        # operator does, the API server authorizes as that account.
         pod_dir = kubelet.pod_dir(release.namespace, pod["metadata"]["name"])
         assert pod_dir is not None
-        whoami = kubectl.json("auth", "whoami", f"--kubeconfig={pod_dir / 'kubeconfig'}")
+        [token] = (pod_dir / "volumes").glob("kube-api-access-*/token")
+        config = yaml.safe_load(release.kubeconfig.read_text())
+        config["users"] = [{"name": "pod", "user": {"token": token.read_text()}}]
+        config["contexts"][0]["context"]["user"] = "pod"
+        as_pod = release.work / "pod.kubeconfig"
+        as_pod.write_text(yaml.safe_dump(config))
+        whoami = kubectl.json("auth", "whoami", f"--kubeconfig={as_pod}")
         assert whoami["status"]["userInfo"]["username"] == release.operator_user
     eventually(
         lambda: (

@@ -1,7 +1,8 @@
 """The e2e cluster is real: pinned control plane, working controllers, a kubelet that runs pods.
 
 Everything goes through kubectl and the API, so these tests also pass on another cluster
-(KUBECONFIG_E2E, with busybox pulled); those that need the local kubelet's processes skip there.
+(KUBECONFIG_E2E, with busybox and the runtime image loaded); those that look at the local
+kubelet's files and processes skip there.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import re
-import sys
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,8 @@ from tests.e2e.conftest import REPO, Cluster, Kubectl
 
 pytestmark = pytest.mark.e2e
 
-IMAGE = "busybox:1.36"  # the local kubelet runs the command; other clusters pull this
+IMAGE = "busybox:1.36"  # `make images` makes it for the local kubelet; other clusters pull it
+RUNTIME_IMAGE = f"agent-runtime:{version('agent-operator')}"
 WAIT = "--timeout=60s"
 
 
@@ -34,7 +36,7 @@ def pinned_version() -> str:
 
 def local_only(kubelet: LocalKubelet | None) -> LocalKubelet:
     if kubelet is None:
-        pytest.skip("needs the local kubelet (it runs pods as processes of this machine)")
+        pytest.skip("needs the local kubelet (it looks at the pod's files and processes here)")
     return kubelet
 
 
@@ -108,7 +110,7 @@ def test_node_is_ready_and_untainted(kubectl: Kubectl, kubelet: LocalKubelet | N
 
 
 def test_job_completes_with_termination_message(kubectl: Kubectl, namespace: str) -> None:
-    script = 'echo "step output"; printf done > "${TERMINATION_MESSAGE_PATH:-/dev/termination-log}"'
+    script = 'echo "step output"; printf done > /dev/termination-log'
     kubectl.apply(job("ok", script, backoffLimit=0), namespace=namespace)
     kubectl("wait", "--for=condition=Complete", "job/ok", "-n", namespace, WAIT)
     terminated = job_pod(kubectl, namespace, "ok")["status"]["containerStatuses"][0]["state"]
@@ -145,7 +147,7 @@ def test_init_containers_run_first(kubectl: Kubectl, namespace: str) -> None:
         "command": [
             "/bin/sh",
             "-c",
-            'echo ready > "${TERMINATION_MESSAGE_PATH:-/dev/termination-log}"',
+            'echo ready > /dev/termination-log',
         ],
     }
     kubectl.apply(pod("ordered", "true", initContainers=[init]), namespace=namespace)
@@ -204,8 +206,7 @@ def test_env_from_secret_config_map_and_downward_api(kubectl: Kubectl, namespace
         "data": {"greeting": "hello", "LEVEL": "debug"},
     }
     names = ["TOKEN", "GREETING", "CFG_LEVEL", "TWICE", "POD", "NS", "UID", "NODE", "SA", "IP"]
-    script = "for v in " + " ".join(names) + '; do echo "$v=`printenv $v`"; done'
-    script += ' > "${TERMINATION_MESSAGE_PATH:-/dev/termination-log}"'
+    script = "env > /dev/termination-log"
     fields = {
         "POD": "metadata.name",
         "NS": "metadata.namespace",
@@ -228,7 +229,7 @@ def test_env_from_secret_config_map_and_downward_api(kubectl: Kubectl, namespace
     kubectl.apply(secret, config, manifest, namespace=namespace)
     found = wait_phase(kubectl, namespace, "env", "Succeeded")
     lines = message_of(found["status"]).splitlines()
-    values = dict(line.split("=", 1) for line in lines)
+    values = {k: v for k, v in (line.split("=", 1) for line in lines) if k in names}
     assert values == {
         "TOKEN": "s3cret",
         "GREETING": "hello",
@@ -254,17 +255,20 @@ def test_service_account_token_is_authorized_by_rbac(
         "create", "rolebinding", "reader", "--role=read-config",
         f"--serviceaccount={namespace}:reader", "-n", namespace,
     )  # fmt: skip
-    # The pod runs this machine's kubectl, which finds the pod's token through $KUBECONFIG.
+    # The pod runs this machine's kubectl (a static binary, mounted from the host), which
+    # finds the pod's token where the ServiceAccount admission plugin mounted it.
     script = (
-        '{ "$KUBECTL" get configmap visible -o name; echo "get=$?";'
-        ' "$KUBECTL" get secrets 2>&1; echo "list=$?"; }'
-        ' > "$TERMINATION_MESSAGE_PATH"'
+        '{ /kubectl/kubectl get configmap visible -o name; echo "get=$?";'
+        ' /kubectl/kubectl get secrets 2>&1; echo "list=$?"; }'
+        " > /dev/termination-log"
     )
+    binaries = {"name": "kubectl", "hostPath": {"path": str(Path(kubectl.binary).parent)}}
     manifest = pod(
         "caller",
         script,
         serviceAccountName="reader",
-        container={"env": [{"name": "KUBECTL", "value": kubectl.binary}]},
+        volumes=[binaries],
+        container={"volumeMounts": [{"name": "kubectl", "mountPath": "/kubectl"}]},
     )
     kubectl.apply(manifest, namespace=namespace)
     found = wait_phase(kubectl, namespace, "caller", "Succeeded")
@@ -276,7 +280,8 @@ def test_service_account_token_is_authorized_by_rbac(
     # The token came from the TokenRequest API, bound to this pod on this node.
     pod_dir = local.pod_dir(namespace, "caller")
     assert pod_dir is not None
-    token = (pod_dir / "serviceaccount" / "token").read_text()
+    [token_file] = (pod_dir / "volumes").glob("kube-api-access-*/token")
+    token = token_file.read_text()
     payload = token.split(".")[1]
     claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     assert claims["kubernetes.io"]["pod"]["uid"] == found["metadata"]["uid"]
@@ -296,26 +301,25 @@ try:
     outcome = "allowed"
 except kubernetes.client.ApiException as exc:
     outcome = f"{exc.status} {exc.body}"
-with open(os.environ["TERMINATION_MESSAGE_PATH"], "w") as out:
+with open("/dev/termination-log", "w") as out:
     out.write(f"{how}\\n{outcome}")
 """
 
 
-def test_python_client_in_a_pod_finds_the_pod_token(
-    kubectl: Kubectl, kubelet: LocalKubelet | None, namespace: str
-) -> None:
-    """The `kubernetes` client (as the operator and runtime use it) falls back from
-    in-cluster config to the pod's $KUBECONFIG and authenticates as the pod's account."""
-    local_only(kubelet)
+def test_python_client_in_a_pod_finds_the_pod_token(kubectl: Kubectl, namespace: str) -> None:
+    """The `kubernetes` client in the runtime image (as the operator and the runtime use it)
+    finds the in-cluster config: the token mounted for the pod, readable by the image's
+    non-root user, and authenticates as the pod's account."""
     manifest = pod("client", "")
     manifest["spec"]["containers"][0].update(
-        command=[sys.executable, "-c", PYTHON_CLIENT],
+        image=RUNTIME_IMAGE,
+        command=["python", "-c", PYTHON_CLIENT],
         env=[{"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}],
     )
     kubectl.apply(manifest, namespace=namespace)
     status = wait_phase(kubectl, namespace, "client", "Succeeded")["status"]
     how, outcome = message_of(status).split("\n", 1)
-    assert how == "kubeconfig"
+    assert how == "in-cluster"
     assert outcome.startswith("403 ")
     assert f"system:serviceaccount:{namespace}:default" in outcome
 
@@ -332,12 +336,17 @@ def test_deleting_a_running_pod_kills_its_process(
     eventually(lambda: not Path(f"/proc/{pid}").exists(), 10, f"process {pid} to end")
 
 
-def test_restart_on_failure_counts_restarts(
-    kubectl: Kubectl, kubelet: LocalKubelet | None, namespace: str
-) -> None:
-    local_only(kubelet)  # the marker file survives restarts only in the local pod directory
-    script = 'test -e "$HOME/ran" && exit 0; touch "$HOME/ran"; exit 1'
-    kubectl.apply(pod("flaky", script, restartPolicy="OnFailure"), namespace=namespace)
+def test_restart_on_failure_counts_restarts(kubectl: Kubectl, namespace: str) -> None:
+    """A restarted container starts from a fresh writable layer; an emptyDir outlives it."""
+    script = "test -e /state/ran && test ! -e /layer && exit 0; touch /state/ran /layer; exit 1"
+    manifest = pod(
+        "flaky",
+        script,
+        restartPolicy="OnFailure",
+        volumes=[{"name": "state", "emptyDir": {}}],
+        container={"volumeMounts": [{"name": "state", "mountPath": "/state"}]},
+    )
+    kubectl.apply(manifest, namespace=namespace)
     status = wait_phase(kubectl, namespace, "flaky", "Succeeded")["status"]
     container = status["containerStatuses"][0]
     assert container["restartCount"] == 1
@@ -460,22 +469,137 @@ def test_pods_do_not_inherit_the_host_env(
     """Pods see their own env, not the test runner's."""
     local_only(kubelet)
     monkeypatch.setenv("E2E_HOST_ONLY", "1")
-    kubectl.apply(pod("env-clean", 'env > "$TERMINATION_MESSAGE_PATH"'), namespace=namespace)
+    kubectl.apply(pod("env-clean", "env > /dev/termination-log"), namespace=namespace)
     status = wait_phase(kubectl, namespace, "env-clean", "Succeeded")["status"]
     names = {line.split("=", 1)[0] for line in message_of(status).splitlines()}
     assert "E2E_HOST_ONLY" not in names
-    assert {"KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT", "KUBECONFIG", "HOME"} <= names
+    assert {"KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT", "HOME", "PATH"} <= names
 
 
-def test_project_image_runs_from_the_virtualenv(
-    kubectl: Kubectl, kubelet: LocalKubelet | None, namespace: str
+def test_a_container_without_a_command_runs_its_images_entrypoint(
+    kubectl: Kubectl, namespace: str
 ) -> None:
-    """A container without a command runs its image's entrypoint, here the project's runtime."""
-    local_only(kubelet)
+    """Here the runtime image's ENTRYPOINT (`agent-runtime`), with the pod's args."""
     manifest = pod("runtime", "")
     container = manifest["spec"]["containers"][0]
     del container["command"]
-    container.update(image="agent-runtime:0.1.0", args=["--help"])
+    container.update(image=RUNTIME_IMAGE, args=["--help"])
     kubectl.apply(manifest, namespace=namespace)
     wait_phase(kubectl, namespace, "runtime", "Succeeded")
     assert "run-step" in kubectl("logs", "runtime", "-n", namespace).stdout
+
+
+def test_a_container_sees_its_image_not_the_host(kubectl: Kubectl, namespace: str) -> None:
+    """Its root is the image's (busybox has no /usr/bin/python3), its processes are its own
+    (PID 1 is its command), and its hostname is the pod's."""
+    script = (
+        "echo pid1=$(tr '\\0' ' ' < /proc/1/cmdline | cut -d' ' -f1) host=$(hostname)"
+        " python=$(test -e /usr/bin/python3 && echo yes || echo no)"
+        " procs=$(ls /proc | grep -c '^[0-9]') > /dev/termination-log"
+    )
+    kubectl.apply(pod("isolated", script), namespace=namespace)
+    status = wait_phase(kubectl, namespace, "isolated", "Succeeded")["status"]
+    facts = dict(part.split("=", 1) for part in message_of(status).split())
+    assert (facts["pid1"], facts["host"], facts["python"]) == ("/bin/sh", "isolated", "no")
+    assert int(facts["procs"]) <= 4  # sh, ls, grep and the subshell; not this machine's
+
+
+def test_a_read_only_root_takes_writes_only_on_the_pods_volumes(
+    kubectl: Kubectl, kubelet: LocalKubelet | None, namespace: str
+) -> None:
+    """readOnlyRootFilesystem, runAsUser and an emptyDir, as the step Jobs use them."""
+    probe = f"/probe-{namespace}"
+    script = (
+        f"id -u; touch {probe} 2>&1; echo ok > /scratch/file && cat /scratch/file;"
+        " touch /etc/file 2>&1; true"
+    )
+    manifest = pod(
+        "readonly",
+        f"{{ {script}; }} > /dev/termination-log",
+        securityContext={"runAsUser": 1000, "runAsGroup": 1000, "runAsNonRoot": True},
+        volumes=[{"name": "scratch", "emptyDir": {}}],
+        container={
+            "securityContext": {
+                "readOnlyRootFilesystem": True,
+                "allowPrivilegeEscalation": False,
+                "capabilities": {"drop": ["ALL"]},
+            },
+            "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
+        },
+    )
+    kubectl.apply(manifest, namespace=namespace)
+    lines = message_of(wait_phase(kubectl, namespace, "readonly", "Succeeded")["status"])
+    uid, refused, wrote, refused_etc = lines.splitlines()
+    assert uid == "1000" and wrote == "ok"
+    assert "Read-only file system" in refused and "Read-only file system" in refused_etc
+    if kubelet is not None:
+        assert not Path(probe).exists()  # nor on this machine's root
+
+
+def test_run_as_non_root_refuses_an_image_that_runs_as_root(
+    kubectl: Kubectl, namespace: str
+) -> None:
+    manifest = pod("rooted", "true", securityContext={"runAsNonRoot": True})
+    kubectl.apply(manifest, namespace=namespace)
+
+    def config_error() -> dict[str, Any] | None:
+        status = kubectl.json("get", "pod", "rooted", "-n", namespace).get("status", {})
+        states = [c.get("state", {}) for c in status.get("containerStatuses", [])]
+        waiting: dict[str, Any] = states[0].get("waiting", {}) if states else {}
+        return waiting if waiting.get("reason") == "CreateContainerConfigError" else None
+
+    found = eventually(config_error, 30, "the container to wait with CreateContainerConfigError")
+    assert "runAsNonRoot and image will run as root" in found["message"]
+
+
+def test_secret_and_config_map_volumes_are_files_that_cannot_be_changed(
+    kubectl: Kubectl, namespace: str
+) -> None:
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "files"},
+        "stringData": {"password": "hunter2"},
+    }
+    config = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "files"},
+        "data": {"a.conf": "x=1", "b.conf": "y=2"},
+    }
+    script = (
+        "cat /secret/password; echo; cat /config/b; echo; ls /config;"
+        " { echo no > /secret/password; } 2>&1; true"
+    )
+    volumes = [
+        {"name": "secret", "secret": {"secretName": "files"}},
+        {
+            "name": "config",
+            "configMap": {"name": "files", "items": [{"key": "b.conf", "path": "b"}]},
+        },
+    ]
+    mounts = [
+        {"name": "secret", "mountPath": "/secret"},
+        {"name": "config", "mountPath": "/config"},
+    ]
+    manifest = pod(
+        "volumes",
+        f"{{ {script}; }} > /dev/termination-log",
+        volumes=volumes,
+        container={"volumeMounts": mounts},
+    )
+    kubectl.apply(secret, config, manifest, namespace=namespace)
+    message = message_of(wait_phase(kubectl, namespace, "volumes", "Succeeded")["status"])
+    password, b, listing, refused = message.splitlines()
+    assert (password, b, listing) == ("hunter2", "y=2", "b")
+    assert "Read-only file system" in refused
+
+
+def test_a_command_missing_from_the_image_fails_to_start(kubectl: Kubectl, namespace: str) -> None:
+    manifest = pod("missing", "")
+    manifest["spec"]["containers"][0]["command"] = ["/no/such/binary"]
+    kubectl.apply(manifest, namespace=namespace)
+    status = wait_phase(kubectl, namespace, "missing", "Failed")["status"]
+    terminated = status["containerStatuses"][0]["state"]["terminated"]
+    assert (terminated["reason"], terminated["exitCode"]) == ("StartError", 128)
+    assert "/no/such/binary" in terminated["message"]

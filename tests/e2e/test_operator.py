@@ -2,7 +2,7 @@
 
 The operator runs as a local process (`python -m agent_operator`, the `operator` fixture) with
 the cluster's admin kubeconfig and a fresh PostgreSQL database; step Jobs run as pods of the
-local kubelet, whose `agent-runtime` image is this virtualenv's `agent-runtime run-step`.
+local kubelet from the runtime image that `make images` built.
 Everything is done as a user does it: kubectl and the Kubernetes API. On another cluster
 (KUBECONFIG_E2E) the runtime image must be loadable there: see docs/e2e.md.
 """
@@ -14,6 +14,7 @@ import http.client
 import json
 import os
 import time
+import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -32,7 +33,7 @@ from tests.support.openai_server import ScriptedOpenAI, text
 pytestmark = pytest.mark.e2e
 
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
-# The local kubelet maps `agent-runtime...` to the virtualenv; another cluster needs the image.
+# `make images` builds it for the local kubelet; another cluster needs it loaded.
 RUNTIME_IMAGE = os.environ.get("E2E_RUNTIME_IMAGE", "agent-runtime:e2e")
 API_VERSION = "agentoperator.io/v1alpha1"
 TASK_UID = "agentoperator.io/task-uid"
@@ -625,6 +626,33 @@ def test_a_step_whose_tool_overruns_ends_as_timed_out_with_its_partial_outputs(
     ended = ended_pod["status"]["containerStatuses"][0]["state"]["terminated"]
     result = json.loads(ended["message"])  # the runtime reported, before any deadline of its Job
     assert (result["reason"], result["outputs"]["stdout"]) == ("TimedOut", "partial\n")
+
+
+def test_a_step_may_write_to_tmp_but_not_to_its_read_only_root_filesystem(
+    operator: OperatorProcess, kubectl: Kubectl, kubelet: LocalKubelet | None, namespace: str
+) -> None:
+    """A step pod runs the runtime image with a read-only root and an emptyDir at /tmp, as
+    its non-root user: scratch files go to /tmp; a write anywhere else is refused."""
+    probe = f"/probe-{uuid.uuid4().hex[:8]}"
+    steps = [
+        {"id": "scratch", "tool": "shell", "params": {"command": "echo ok > /tmp/x && cat /tmp/x"}},
+        {
+            "id": "root",
+            "tool": "shell",
+            "params": {"command": f"touch {probe}"},
+            "dependsOn": ["scratch"],
+        },
+    ]
+    manifest = task("readonly", steps, safety={"level": "permissive"})
+    apply_yaml(kubectl, namespace, pool("default"), manifest)
+    status = expect_phase(finished(kubectl, namespace, "readonly"), "Failed")
+    by_id = steps_of(status)
+    assert by_id["scratch"]["phase"] == "Succeeded"
+    assert by_id["scratch"]["outputs"]["stdout"] == "ok\n"
+    assert by_id["root"]["phase"] == "Failed"
+    assert "Read-only file system" in status["message"], status["message"]
+    if kubelet is not None:
+        assert not Path(probe).exists()  # nor on this machine's root
 
 
 def test_deleting_a_running_task_removes_its_jobs_and_pods(
