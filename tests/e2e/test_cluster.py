@@ -147,7 +147,7 @@ def test_init_containers_run_first(kubectl: Kubectl, namespace: str) -> None:
         "command": [
             "/bin/sh",
             "-c",
-            'echo ready > /dev/termination-log',
+            "echo ready > /dev/termination-log",
         ],
     }
     kubectl.apply(pod("ordered", "true", initContainers=[init]), namespace=namespace)
