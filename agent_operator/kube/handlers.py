@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 from datetime import UTC, datetime, timedelta
@@ -81,8 +82,23 @@ def _job_done(job: Obj) -> bool:
 
 @kopf.on.login()
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    """A pod's service account, else $KUBECONFIG as it is now (not as it was at import)."""
-    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    """A pod's service account, else $KUBECONFIG as it is now (not as it was at import).
+
+    In a pod, the API server is where the kubelet says (KUBERNETES_SERVICE_HOST and _PORT),
+    as the kubernetes client and client-go find it; Kopf's own default name,
+    kubernetes.default.svc, needs cluster DNS, which a hostNetwork pod or a cluster
+    without DNS does not have."""
+    account = kopf.login_with_service_account(**kwargs)
+    if account is None:
+        return kopf.login_with_kubeconfig(**kwargs)
+    host, port = (
+        os.environ.get("KUBERNETES_SERVICE_HOST"),
+        os.environ.get("KUBERNETES_SERVICE_PORT"),
+    )
+    if host and port:
+        host = f"[{host}]" if ":" in host else host  # an IPv6 address
+        return dataclasses.replace(account, server=f"https://{host}:{port}")
+    return account
 
 
 @kopf.on.startup()
