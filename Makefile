@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 EXAMPLE ?= examples/agenttask-dag.yaml
 
-.PHONY: help venv run test test-fast bench lint format typecheck crds chart bins cluster-up cluster-down kind-e2e clean
+.PHONY: help venv run test test-fast bench lint format typecheck crds chart bins images cluster-up cluster-down kind-e2e clean
 
 help:
 	@echo "make run    - set up, then run $(EXAMPLE) with the embedded default (no cluster, SQLite)"
@@ -13,6 +13,7 @@ help:
 	@echo "make crds   - regenerate crds/ and the chart's generated files from the pydantic models"
 	@echo "make kind-e2e - where Docker exists: a kind cluster, both images, the chart, the e2e suite"
 	@echo "make bins   - build the pinned control-plane binaries and helm (cached in ~/.cache)"
+	@echo "make images - build the images with podman into the local kubelet's image store"
 	@echo "make cluster-up / cluster-down - a local control plane and kubelet for trying things"
 
 $(BIN)/agent-operator: pyproject.toml
@@ -26,7 +27,7 @@ venv: $(BIN)/agent-operator
 run: venv
 	$(BIN)/agent-operator run -f $(EXAMPLE)
 
-test: venv bins
+test: venv bins images
 	$(BIN)/pytest -q
 
 test-fast: venv
@@ -58,6 +59,10 @@ kind-e2e: venv bins
 
 bins:
 	bash hack/build-binaries.sh >/dev/null
+
+images:
+	bash hack/install-tools.sh
+	$(PYTHON) hack/images.py
 
 cluster-up: venv bins
 	$(BIN)/python hack/cluster.py up
