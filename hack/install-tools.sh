@@ -2,13 +2,14 @@
 # Install the Debian packages that `make images` needs (hack/images.py):
 #   podman       builds docker/*.Dockerfile (`podman build --isolation=chroot`, no engine)
 #   debootstrap  makes the base image's root filesystem from Debian's packages
+#   rsync        copies an image out of podman's storage, hard-linking what is unchanged
 # busybox:1.36 needs only apt-get itself (apt-get download + dpkg -x).
 #
 # Idempotent: installs nothing when every package is already there. Needs root for
 # apt-get; runs `apt-get update` only when something is missing (or apt has no lists).
 set -euo pipefail
 
-PACKAGES=(podman debootstrap)
+PACKAGES=(podman debootstrap rsync)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
