@@ -142,6 +142,8 @@ def _remove(path: Path) -> None:
 def publish(image_dir: Path, key: str, build: Builder) -> None:
     """Build into a directory beside `image_dir`, then rename it into place."""
     image_dir.parent.mkdir(parents=True, exist_ok=True)
+    for debris in image_dir.parent.glob(f".{image_dir.name}.build.*"):
+        _remove(debris)  # a killed build's (builds hold the lock: none is running)
     tmp = Path(tempfile.mkdtemp(prefix=f".{image_dir.name}.build.", dir=image_dir.parent))
     try:
         tmp.chmod(0o755)

@@ -114,6 +114,13 @@ def test_a_failed_build_leaves_the_previous_image_and_no_debris(tmp_path: Path) 
     assert images.is_current(tmp_path / "thing" / "1.0", "key-a")
 
 
+def test_a_killed_build_is_cleared_by_the_next(tmp_path: Path) -> None:
+    killed = tmp_path / "thing" / ".1.0.build.x1y2"
+    (killed / "rootfs").mkdir(parents=True)
+    images.export(tmp_path, "thing", ["1.0"], "key", _builder("a"))
+    assert [p.name for p in (tmp_path / "thing").iterdir()] == ["1.0"]
+
+
 def test_the_operator_entrypoint_answers_help_without_starting() -> None:
     """The operator image's ENTRYPOINT, `python -m agent_operator`: `--help` must not run Kopf."""
     done = subprocess.run(
