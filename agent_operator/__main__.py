@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import random
 
 import kopf
@@ -14,7 +15,14 @@ from agent_operator.kube.settings import LogFormat, OperatorSettings
 PEERING_NAME = "default"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    # No options: `--help` says so, and a stray argument fails rather than being ignored.
+    argparse.ArgumentParser(
+        prog="python -m agent_operator",
+        description="The agent-operator's Kopf operator. Its settings come from the "
+        "environment (AGENT_OPERATOR_NAMESPACES, AGENT_OPERATOR_DSN, ...; the Helm chart's "
+        "ConfigMap sets them), its cluster from the in-cluster service account or KUBECONFIG.",
+    ).parse_args(argv)
     settings = OperatorSettings.from_env()
     kopf.configure(
         log_format=kopf.LogFormat.JSON

@@ -2,7 +2,8 @@
 # The e2e tier on a kind cluster, for machines with Docker (`make kind-e2e`):
 #
 #   1. create a kind cluster (node image kindest/node:<K8S_VERSION of hack/versions.env>),
-#   2. build the two images (docker/*.Dockerfile) as :e2e and :<chart appVersion>, load them,
+#   2. build the two images (docker/*.Dockerfile, through hack/images.py --builder docker)
+#      as :e2e and :<chart appVersion>, load them,
 #   3. install the chart once and wait for the operator, as a smoke test, then uninstall it
 #      (the CRDs stay; tests/e2e/test_chart.py installs its own release),
 #   4. run `KUBECONFIG_E2E=<kind kubeconfig> pytest tests/e2e` (extra arguments go to pytest).
@@ -47,10 +48,11 @@ if [[ "${KEEP_CLUSTER:-0}" != 1 ]]; then
 fi
 export KUBECONFIG=$KUBECONFIG_FILE
 
-for image in operator runtime; do
-  name=agent-$image
-  log "building $name:e2e"
-  docker build --quiet -f "docker/$image.Dockerfile" -t "$name:e2e" -t "$name:$APP_VERSION" . >/dev/null
+# The same build as `make images` (hack/images.py: the same Dockerfiles, their default BASE,
+# the same tags), with docker instead of podman and nothing exported.
+log "building agent-operator and agent-runtime (:e2e, :$APP_VERSION)"
+IMAGE_TAG=$APP_VERSION .venv/bin/python hack/images.py --builder docker
+for name in agent-operator agent-runtime; do
   kind load docker-image --name "$CLUSTER" "$name:e2e" "$name:$APP_VERSION"
 done
 docker pull --quiet busybox:1.36 >/dev/null  # tests/e2e/test_cluster.py runs it
