@@ -48,7 +48,7 @@ test: venv bins images
 test-fast: venv
 	$(BIN)/pytest -q tests/core
 
-bench: venv bins
+bench: venv bins images
 	$(BIN)/python -m bench.operator_bench
 
 lint: venv
@@ -79,7 +79,7 @@ images:
 	bash hack/install-tools.sh
 	$(PYTHON) hack/images.py
 
-cluster-up: venv bins
+cluster-up: venv bins images
 	$(BIN)/python hack/cluster.py up
 
 cluster-down: venv

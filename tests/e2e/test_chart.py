@@ -652,6 +652,35 @@ def test_two_replicas_peer_and_only_one_works(release: Release, kubectl: Kubectl
     assert_nothing_refused(kubectl, release)  # peering included
 
 
+def test_without_a_store_the_operator_keeps_sqlite_on_the_charts_tmp_volume(
+    release: Release, kubectl: Kubectl
+) -> None:
+    """The chart's default store is SQLite, under the emptyDir at /tmp: the image's root
+    filesystem is read-only, so state, caches and temp files must all go there."""
+    jobs_before = len(jobs_of(kubectl, release, "hello"))
+    release.helm(
+        "upgrade", RELEASE, str(CHART), "--namespace", release.namespace,
+        "--values", str(release.values), "--set", "store.existingSecret=",
+        "--wait", "--timeout", HELM_TIMEOUT,
+    )  # fmt: skip
+
+    def sqlite_operator() -> str | None:
+        pods = operator_pods(kubectl, release)
+        if len(pods) != 1:
+            return None
+        log = operator_log(kubectl, release, pods[0]["metadata"]["name"])
+        return log if "checkpoint store ready at sqlite:////tmp/state/" in log else None
+
+    log = eventually(sqlite_operator, 60, "one operator, on SQLite under /tmp")
+    assert "Read-only file system" not in log
+    path = write(release, "on-sqlite", task_manifest("on-sqlite"))
+    kubectl("apply", "-f", str(path), "-n", release.tasks)
+    wait_phase(kubectl, release, "on-sqlite", "Succeeded")
+    # A store that never saw "hello" still runs nothing of it again: its status says it ended.
+    assert phase(kubectl, release, "hello") == "Succeeded"
+    assert len(jobs_of(kubectl, release, "hello")) == jobs_before
+
+
 def test_uninstall_keeps_the_crds_and_the_tasks(release: Release, kubectl: Kubectl) -> None:
     # Tasks the operator should finalize go while it runs; "hello" stays to be kept.
     for name in _names(kubectl, "agenttasks", release.tasks):
