@@ -41,6 +41,7 @@ from kubernetes import client, config, watch
 from agent_operator.api import GROUP, VERSION
 from agent_operator.kube.manifests import LABEL_STEP, LABEL_TASK, MANAGED_SELECTOR
 from localcluster.controlplane import ControlPlane
+from localcluster.images import ImageStore, default_store
 from localcluster.kubelet import project_kubelet
 from tests.e2e.conftest import OperatorProcess
 from tests.operator.harness import JOBS, Emulated, emulated_cluster, pool, succeeded
@@ -360,7 +361,20 @@ def main(argv: list[str] | None = None) -> None:
           f"({args.tasks / many.seconds:.1f} tasks/s); operator memory {rss_before // 1024} -> "
           f"{rss_after // 1024} MiB ({(rss_after - rss_before) / args.tasks:.0f} KiB per task); "
           f"threads {threads_before} -> {threads_after}")  # fmt: skip
+    print("images (unpacked): " + ", ".join(f"{n} {image_megabytes(n)} MB" for n in IMAGES))
     shutil.rmtree(work, ignore_errors=True)
+
+
+IMAGES = ("agent-operator", "agent-runtime")
+
+
+def image_megabytes(name: str) -> int:
+    """The size of an image's root filesystem, as `make images` unpacked it."""
+    image = ImageStore(default_store()).find(f"{name}:e2e")
+    if image is None:
+        raise SystemExit(f"no {name}:e2e in the image store: run `make images`")
+    total = sum(p.lstat().st_size for p in image.rootfs.rglob("*") if not p.is_symlink())
+    return total // 1_000_000
 
 
 if __name__ == "__main__":

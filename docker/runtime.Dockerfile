@@ -29,7 +29,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 # The locked dependencies, in a layer of their own: a code change does not reinstall them.
 COPY requirements/runtime.txt /tmp/requirements/
-# The user has a name too: Kopf and getpass look it up (a pod sets no $USER).
+# The user has a name too: getpass and the tools that use it look it up (a pod sets no $USER).
 RUN groupadd --gid 65532 agent \
     && useradd --uid 65532 --gid 65532 --no-log-init --create-home --home-dir /home/agent \
         --shell /usr/sbin/nologin agent \

@@ -52,6 +52,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from localcluster.images import default_store  # noqa: E402  (the store the kubelet reads)
 
 # The image's root filesystem, filled in; returns the image's id and its OCI config.
 Builder = Callable[[Path], tuple[str, dict[str, Any]]]
@@ -68,13 +70,6 @@ def cache_dir() -> Path:
     if explicit := os.environ.get("AGENT_OPERATOR_CACHE_DIR"):
         return Path(explicit)
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "agent-operator"
-
-
-def store_dir() -> Path:
-    """The image store the local kubelet reads (the same default on both sides)."""
-    if explicit := os.environ.get("AGENT_OPERATOR_IMAGES"):
-        return Path(explicit)
-    return Path.home() / ".cache" / "agent-operator" / "images"
 
 
 def digest(*parts: str | bytes) -> str:
@@ -558,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if os.geteuid() != 0:
         raise SystemExit("[images] run as root: the root filesystems keep their owners")
-    store, cache = store_dir(), cache_dir()
+    store, cache = default_store(), cache_dir()
     with locked(cache / "images.lock"):
         key = digest("busybox", inspect.getsource(build_busybox), PASSWD, GROUP)
         export(store, "busybox", ["1.36"], key, build_busybox)
