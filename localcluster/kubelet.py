@@ -621,8 +621,8 @@ def _identity(image: Image, security: Mapping[str, Any]) -> tuple[int, int]:
         return uid, int(security["runAsGroup"])
     if group:
         return uid, _lookup(group, _table(image.rootfs / "etc" / "group"), "group")
-    entry = next((row for row in passwd.values() if row[1] == str(uid)), None)
-    return uid, int(entry[2]) if entry and entry[2].isdigit() else 0
+    entry = next((row for row in passwd.values() if row[2] == str(uid) and len(row) > 3), None)
+    return uid, int(entry[3]) if entry and entry[3].isdigit() else 0
 
 
 def _table(path: Path) -> dict[str, list[str]]:
