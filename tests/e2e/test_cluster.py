@@ -52,6 +52,11 @@ def pod(name: str, script: str, **spec: Any) -> dict[str, Any]:
     }
 
 
+def plain(kind: str, name: str, **fields: Any) -> dict[str, Any]:
+    """A core/v1 object such as a Secret or a ConfigMap."""
+    return {"apiVersion": "v1", "kind": kind, "metadata": {"name": name}, **fields}
+
+
 def job(name: str, script: str, **spec: Any) -> dict[str, Any]:
     template = pod(name, script)
     return {
@@ -71,6 +76,19 @@ def wait_phase(kubectl: Kubectl, namespace: str, name: str, phase: str) -> dict[
         "wait", f"--for=jsonpath={{.status.phase}}={phase}", f"pod/{name}", "-n", namespace, WAIT
     )
     found: dict[str, Any] = kubectl.json("get", "pod", name, "-n", namespace)
+    return found
+
+
+def wait_waiting(kubectl: Kubectl, namespace: str, name: str, reason: str) -> dict[str, Any]:
+    """The pod's first container's `waiting` state, once it waits for `reason`."""
+
+    def waiting() -> dict[str, Any] | None:
+        status = kubectl.json("get", "pod", name, "-n", namespace).get("status", {})
+        states = [c.get("state", {}) for c in status.get("containerStatuses", [])]
+        found: dict[str, Any] = states[0].get("waiting", {}) if states else {}
+        return found if found.get("reason") == reason else None
+
+    found: dict[str, Any] = eventually(waiting, 30, f"{name}'s container to wait with {reason}")
     return found
 
 
@@ -193,18 +211,8 @@ def test_deployment_becomes_available(kubectl: Kubectl, namespace: str) -> None:
 
 
 def test_env_from_secret_config_map_and_downward_api(kubectl: Kubectl, namespace: str) -> None:
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "creds"},
-        "stringData": {"token": "s3cret"},
-    }
-    config = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": "settings"},
-        "data": {"greeting": "hello", "LEVEL": "debug"},
-    }
+    secret = plain("Secret", "creds", stringData={"token": "s3cret"})
+    config = plain("ConfigMap", "settings", data={"greeting": "hello", "LEVEL": "debug"})
     names = ["TOKEN", "GREETING", "CFG_LEVEL", "TWICE", "POD", "NS", "UID", "NODE", "SA", "IP"]
     script = "env > /dev/termination-log"
     fields = {
@@ -368,14 +376,7 @@ def test_unknown_image_without_command_waits_as_err_image_never_pull(
     manifest["spec"]["containers"][0]["image"] = "example.invalid/unknown:1"
     manifest["spec"]["activeDeadlineSeconds"] = 3
     kubectl.apply(manifest, namespace=namespace)
-
-    def pull_error() -> dict[str, Any] | None:
-        status = kubectl.json("get", "pod", "imageless", "-n", namespace).get("status", {})
-        states = [c.get("state", {}) for c in status.get("containerStatuses", [])]
-        waiting: dict[str, Any] = states[0].get("waiting", {}) if states else {}
-        return waiting if waiting.get("reason") == "ErrImageNeverPull" else None
-
-    found = eventually(pull_error, 30, "the container to wait with ErrImageNeverPull")
+    found = wait_waiting(kubectl, namespace, "imageless", "ErrImageNeverPull")
     assert "example.invalid/unknown:1" in found["message"]
     # As on a node that may not pull: nothing fails the pod but its deadline.
     status = wait_phase(kubectl, namespace, "imageless", "Failed")["status"]
@@ -541,32 +542,15 @@ def test_run_as_non_root_refuses_an_image_that_runs_as_root(
 ) -> None:
     manifest = pod("rooted", "true", securityContext={"runAsNonRoot": True})
     kubectl.apply(manifest, namespace=namespace)
-
-    def config_error() -> dict[str, Any] | None:
-        status = kubectl.json("get", "pod", "rooted", "-n", namespace).get("status", {})
-        states = [c.get("state", {}) for c in status.get("containerStatuses", [])]
-        waiting: dict[str, Any] = states[0].get("waiting", {}) if states else {}
-        return waiting if waiting.get("reason") == "CreateContainerConfigError" else None
-
-    found = eventually(config_error, 30, "the container to wait with CreateContainerConfigError")
+    found = wait_waiting(kubectl, namespace, "rooted", "CreateContainerConfigError")
     assert "runAsNonRoot and image will run as root" in found["message"]
 
 
 def test_secret_and_config_map_volumes_are_files_that_cannot_be_changed(
     kubectl: Kubectl, namespace: str
 ) -> None:
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "files"},
-        "stringData": {"password": "hunter2"},
-    }
-    config = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": "files"},
-        "data": {"a.conf": "x=1", "b.conf": "y=2"},
-    }
+    secret = plain("Secret", "files", stringData={"password": "hunter2"})
+    config = plain("ConfigMap", "files", data={"a.conf": "x=1", "b.conf": "y=2"})
     script = (
         "cat /secret/password; echo; cat /config/b; echo; ls /config;"
         " { echo no > /secret/password; } 2>&1; true"
