@@ -1,0 +1,307 @@
+"""Hostile input (issue 11): generated AgentTasks and LLM plans against the real API server
+and the running operator.
+
+Every generated input ends in exactly one of three ways: the API server refuses it with a
+message naming a field under `spec`; the operator accepts it and ends it Failed with a reason
+and a message; or it is valid and runs (to Succeeded, or to a step waiting for a person).
+Never: a Job for a plan that was refused, an operator that crashed or restarted, a task left
+without a Ready condition, a traceback in anything a user reads.
+
+`make test` runs a few examples of each, the same ones every time (derandomized); set
+FUZZ_EXAMPLES to run more, drawn afresh (`make faults` does). A failure hypothesis finds
+becomes a test of its own in the tier where the defect lives.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from localcluster.controlplane import eventually
+from tests.e2e.conftest import Kubectl, OperatorProcess
+from tests.support.openai_server import ScriptedOpenAI, text
+
+pytestmark = pytest.mark.e2e
+
+GROUP, VERSION = "agentoperator.io", "v1alpha1"
+RUNTIME_IMAGE = os.environ.get("E2E_RUNTIME_IMAGE", "agent-runtime:e2e")
+TASK_UID = "agentoperator.io/task-uid"
+KEY_REF = {"name": "llm", "key": "api-key"}
+# A Python traceback's frame line, as text or inside a JSON log line (not the word alone:
+# the hostile strings carry it, and the API server quotes what it refuses).
+TRACEBACK = re.compile(r'File \\?"[^"\\]+\\?", line \d+')
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "0"))
+FUZZ = settings(
+    max_examples=EXAMPLES or 8,
+    derandomize=not EXAMPLES,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+SETTLE_SECONDS = 90  # the longest a generated task may take to end or to wait for a person
+# A plan refused before anything ran: no Job may exist for such a task.
+REFUSED_PLAN = {"InvalidPlan", "NoModel", "PlanningFailed", "InvalidSpec", "PoolNotFound"}
+
+# Strings that have broken parsers, templates, shells and SQL elsewhere.
+HOSTILE = [
+    "",
+    " ",
+    "A",
+    "-a",
+    "a" * 41,
+    "a.b",
+    "${steps.missing.outputs.x}",
+    "${inputs.nope}",
+    "$(KUBERNETES_SERVICE_HOST)",
+    "{{ .Values.secret }}",
+    "'; DROP TABLE checkpoints;--",
+    '"}]}',
+    "a\nb",
+    "\u202etxt.exe",
+    "ünïcödé",
+    "\\x00",
+    "../../etc/passwd",
+    "Traceback (most recent call last):",
+]
+hostile_text = st.one_of(st.sampled_from(HOSTILE), st.text(max_size=40))
+# Mostly valid ids, so that most plans get past the API server to the operator's checks.
+valid_ids = st.sampled_from(["a", "b", "c", "fetch", "x-1"])
+step_ids = st.one_of(valid_ids, valid_ids, valid_ids, hostile_text)
+tools = st.sampled_from(
+    ["noop", "noop", "noop", "shell", "http_request", "sleep", "no-such", "", "NOOP"]
+)
+json_leaves = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**53), max_value=2**53),
+    st.floats(allow_nan=False, allow_infinity=False),
+    hostile_text,
+)
+json_values = st.recursive(
+    json_leaves,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(hostile_text, inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+def deep(depth: int) -> Any:
+    """A value nested `depth` levels deep."""
+    value: Any = "bottom"
+    for _ in range(depth):
+        value = {"next": value}
+    return value
+
+
+params = st.one_of(
+    st.just({}),
+    st.builds(lambda outputs: {"outputs": outputs}, st.dictionaries(step_ids, json_values)),
+    st.dictionaries(hostile_text, json_values, max_size=3),  # keys the tool does not take
+    st.just({"outputs": {"huge": "x" * 200_000}}),  # over what one step's params may hold
+    st.just({"outputs": deep(60)}),
+    st.builds(lambda command: {"command": command}, hostile_text),
+)
+
+
+@st.composite
+def plan_steps(draw: st.DrawFn, schema_hostile: bool = True) -> list[dict[str, Any]]:
+    """Steps with any tools and params, depending on any ids: earlier, later, their own,
+    missing, or repeated (cycles and duplicates included). `schema_hostile` also breaks
+    what the CRD's schema checks (ids, retries), for the API server to refuse."""
+    ids = draw(st.lists(step_ids if schema_hostile else valid_ids, min_size=1, max_size=4))
+    retries = st.integers(min_value=-1, max_value=11) if schema_hostile else st.integers(0, 2)
+    steps = []
+    for step_id in ids:
+        step: dict[str, Any] = {"id": step_id, "tool": draw(tools), "params": draw(params)}
+        if draw(st.booleans()):
+            step["dependsOn"] = draw(st.lists(st.sampled_from([*ids, "missing"]), max_size=3))
+        if draw(st.booleans()):
+            step["retries"] = draw(retries)
+        if draw(st.booleans()):
+            step["when"] = draw(st.sampled_from(["true", "steps.a.outputs.n > 0", "(((", "1/0"]))
+        steps.append(step)
+    return steps
+
+
+@st.composite
+def task_specs(draw: st.DrawFn) -> dict[str, Any]:
+    """Half of them break the CRD's schema somewhere; the other half only what the operator
+    checks (the plan, its params, its tools, references, a goal with no model)."""
+    hostile = draw(st.booleans())
+    spec: dict[str, Any] = {"poolRef": {"name": "default"}}
+    shape = draw(
+        st.sampled_from(
+            ["steps", "steps", "goal", "both", "neither"] if hostile else ["steps", "steps", "goal"]
+        )
+    )
+    if shape in ("steps", "both"):
+        spec["steps"] = draw(plan_steps(schema_hostile=hostile))
+    if shape in ("goal", "both"):
+        spec["goal"] = draw(hostile_text)
+    if draw(st.booleans()):
+        spec["inputs"] = draw(st.dictionaries(hostile_text, json_values, max_size=3))
+    if draw(st.booleans()):
+        spec["limits"] = {
+            "maxSteps": draw(st.integers(-1, 600) if hostile else st.integers(1, 500)),
+            "backoffSeconds": draw(st.sampled_from([0, 0.5, -1] if hostile else [0, 0.5])),
+        }
+    if draw(st.booleans()):
+        levels = ["strict", "moderate", "permissive", *(["none", ""] if hostile else [])]
+        spec["safety"] = {
+            "level": draw(st.sampled_from(levels)),
+            "requireApprovalFor": draw(st.lists(hostile_text, max_size=2)),
+        }
+    return spec
+
+
+# --- one input, one outcome -------------------------------------------------------------------
+
+
+class Fuzzed:
+    """The cluster side of the fuzz: create a task, wait for where it ends, check the promises."""
+
+    def __init__(self, kubectl: Kubectl, operator: OperatorProcess, namespace: str) -> None:
+        self.api = config.new_client_from_config(str(kubectl.kubeconfig))
+        self.custom = client.CustomObjectsApi(self.api)
+        self.batch = client.BatchV1Api(self.api)
+        self.operator = operator
+        self.namespace = namespace
+        self.names = (f"fuzz-{n}" for n in itertools.count())
+        self.outcomes: dict[str, int] = {}
+
+    def create(self, plural: str, name: str, spec: dict[str, Any]) -> dict[str, Any] | None:
+        """The created object, or None when the API server refused it (naming a field)."""
+        kind = {"agenttasks": "AgentTask", "agentpools": "AgentPool"}[plural]
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": kind,
+            "metadata": {"name": name},
+            "spec": spec,
+        }
+        try:
+            created: dict[str, Any] = self.custom.create_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, plural, body
+            )
+            return created
+        except ApiException as refused:
+            assert refused.status in (400, 422), (refused.status, refused.body)
+            message = json.loads(refused.body)["message"]
+            assert "spec" in message, message  # it names the field it refuses
+            assert not TRACEBACK.search(message), message
+            self.count("refused by the API server")
+            return None
+
+    def count(self, outcome: str) -> None:
+        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+
+    def settle(self, name: str) -> dict[str, Any]:
+        """The task's status once it ended, or once a step waits for a person."""
+
+        def settled() -> dict[str, Any] | None:
+            task = self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, "agenttasks", name
+            )
+            status: dict[str, Any] = task.get("status") or {}
+            if status.get("phase") in ("Succeeded", "Failed"):
+                return task
+            if status.get("reason") == "WaitingForApproval":
+                return task
+            return None
+
+        found: dict[str, Any] = eventually(settled, SETTLE_SECONDS, f"task {name} to settle")
+        return found
+
+    def check(self, task: dict[str, Any]) -> None:
+        """The promises that hold for every accepted task, however it ended."""
+        status, uid = task["status"], task["metadata"]["uid"]
+        ready = {c["type"]: c for c in status.get("conditions", [])}.get("Ready")
+        assert ready is not None and ready.get("reason") and ready.get("message"), status
+        said = [status.get("message"), *(c.get("message") for c in status.get("conditions", []))]
+        said += [s.get("message") for s in status.get("steps", [])]
+        assert not any(TRACEBACK.search(m) for m in said if m), said
+        if status["phase"] == "Failed":
+            assert status.get("reason") and status.get("message"), status
+            if status["reason"] in REFUSED_PLAN:
+                jobs = self.batch.list_namespaced_job(
+                    self.namespace, label_selector=f"{TASK_UID}={uid}"
+                )
+                assert jobs.items == [], f"a Job for a refused plan: {status}"
+        self.count(f"{status['phase']}: {status.get('reason')}")
+        self.custom.delete_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, "agenttasks", task["metadata"]["name"]
+        )
+
+    def operator_carried_on(self, starts: int) -> None:
+        assert self.operator.process is not None and self.operator.process.poll() is None
+        assert self.operator.starts == starts  # never restarted by the fixture either
+        found = TRACEBACK.search(self.operator.log.read_text(errors="replace"))
+        assert found is None, f"the operator logged a traceback: {found and found.group()}"
+
+
+@pytest.fixture
+def fuzzed(operator: OperatorProcess, kubectl: Kubectl, namespace: str) -> Fuzzed:
+    fuzz = Fuzzed(kubectl, operator, namespace)
+    pool = {"replicas": 4, "template": {"image": RUNTIME_IMAGE}}
+    assert fuzz.create("agentpools", "default", pool) is not None
+    secret = client.V1Secret(
+        metadata=client.V1ObjectMeta(name=KEY_REF["name"]), string_data={KEY_REF["key"]: "sk-x"}
+    )
+    client.CoreV1Api(fuzz.api).create_namespaced_secret(namespace, secret)
+    return fuzz
+
+
+def test_a_generated_task_is_refused_failed_with_a_reason_or_run(fuzzed: Fuzzed) -> None:
+    starts = fuzzed.operator.starts
+
+    @FUZZ
+    @given(spec=task_specs())
+    def one(spec: dict[str, Any]) -> None:
+        name = next(fuzzed.names)
+        if fuzzed.create("agenttasks", name, spec) is not None:
+            fuzzed.check(fuzzed.settle(name))
+
+    one()
+    fuzzed.operator_carried_on(starts)
+    print("outcomes:", json.dumps(fuzzed.outcomes, indent=1, sort_keys=True))
+
+
+def test_a_generated_llm_plan_is_failed_with_a_reason_or_run(fuzzed: Fuzzed) -> None:
+    """Whatever the model answers, its plan gets no further than the pool and the policy
+    allow: an invalid one (asked again once) ends the task as InvalidPlan, with no Job."""
+    starts = fuzzed.operator.starts
+
+    @FUZZ
+    @given(
+        answer=st.one_of(
+            plan_steps().map(lambda steps: json.dumps({"steps": steps})),
+            hostile_text,  # not JSON at all
+            json_values.map(json.dumps),  # JSON, but not a plan
+        )
+    )
+    def one(answer: str) -> None:
+        name = next(fuzzed.names)
+        with ScriptedOpenAI() as llm:
+            llm.reply(text(answer), text(answer))  # the answer, and the same on the re-ask
+            model = {"model": "scripted", "baseURL": llm.base_url, "apiKeySecretRef": KEY_REF}
+            pool = {"replicas": 4, "template": {"image": RUNTIME_IMAGE}, "model": model}
+            assert fuzzed.create("agentpools", name, pool) is not None
+            spec = {"poolRef": {"name": name}, "goal": "whatever the model says"}
+            assert fuzzed.create("agenttasks", name, spec) is not None
+            fuzzed.check(fuzzed.settle(name))
+        fuzzed.custom.delete_namespaced_custom_object(
+            GROUP, VERSION, fuzzed.namespace, "agentpools", name
+        )
+
+    one()
+    fuzzed.operator_carried_on(starts)
+    print("outcomes:", json.dumps(fuzzed.outcomes, indent=1, sort_keys=True))
