@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
+import errno
 import json
 import os
 import signal
@@ -54,7 +54,13 @@ PR_SET_NO_NEW_PRIVS = 38
 PR_SET_PDEATHSIG = 1
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
+MNT_DETACH = 2
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
 START_ERROR_CODE = 128
+MAX_SYMLINKS = 40
+# What runc keeps a container from changing in /proc, and what it hides.
+PROC_READ_ONLY = ("bus", "fs", "irq", "sys", "sysrq-trigger")
+PROC_MASKED = ("kcore", "keys", "latency_stats", "timer_list", "timer_stats", "sched_debug")
 
 # Linux capability numbers (capability.h), by the names Kubernetes uses.
 CAPABILITIES = {
@@ -105,14 +111,14 @@ CAPABILITIES = {
         ]
     )
 }
-# What containerd gives a container unless its securityContext adds or drops some.
+# What containerd gives a container unless its securityContext adds or drops some, but
+# MKNOD: without a device cgroup here, a device node would reach this machine's disks.
 DEFAULT_CAPABILITIES = frozenset(
     [
         "CHOWN",
         "DAC_OVERRIDE",
         "FSETID",
         "FOWNER",
-        "MKNOD",
         "NET_RAW",
         "SETGID",
         "SETUID",
@@ -165,7 +171,7 @@ class ContainerSpec:
         return cls(**raw)
 
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _check(result: int, what: str) -> None:
@@ -187,12 +193,18 @@ def _mount(source: str | None, target: str, fstype: str | None, flags: int, data
     )
 
 
+def _bind(source: str, target: Path, read_only: bool) -> None:
+    _mount(source, str(target), None, MS_BIND | MS_REC)
+    if read_only:
+        _mount(None, str(target), None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+
+
 def _prctl(option: int, arg: int, arg3: int = 0) -> None:
     _check(_libc.prctl(option, ctypes.c_ulong(arg), ctypes.c_ulong(arg3), 0, 0), f"prctl {option}")
 
 
 def _make_mount_point(path: Path, is_dir: bool) -> None:
-    """Make a mount point in the writable layer (its parents too), as a runtime does."""
+    """Make a mount point (its parents too) where it is missing, as a runtime does."""
     if path.is_symlink() or path.exists():
         return
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -203,48 +215,57 @@ def _make_mount_point(path: Path, is_dir: bool) -> None:
 
 
 def _inside(root: Path, target: str) -> Path:
-    """`target` under `root`, its symlinks resolved within `root` (never out of it)."""
-    resolved = root
-    for part in Path(target).parts[1:]:
-        candidate = resolved / part
-        hops = 0
-        while candidate.is_symlink() and hops < 40:
-            link = os.readlink(candidate)
-            base = root if link.startswith("/") else candidate.parent
-            candidate = Path(os.path.normpath(base / link.lstrip("/")))
-            if root not in (candidate, *candidate.parents):
-                candidate = root / candidate.name
+    """`target` as the container will see it, on the host: `..` never climbs above `root`,
+    and every symlink on the way is resolved against `root`, never against the host."""
+    pending = list(reversed(Path(target).parts))  # the next part last
+    resolved: list[str] = []
+    hops = 0
+    while pending:
+        part = pending.pop()
+        if part in ("/", "."):
+            continue
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        candidate = root.joinpath(*resolved, part)
+        if candidate.is_symlink():
             hops += 1
-        resolved = candidate
-    return resolved
+            if hops > MAX_SYMLINKS:
+                raise OSError(errno.ELOOP, f"too many levels of symbolic links in {target}")
+            link = os.readlink(candidate)
+            if link.startswith("/"):
+                resolved = []
+            pending.extend(reversed(Path(link).parts))
+            continue
+        resolved.append(part)
+    return root.joinpath(*resolved)
 
 
 def _prepare_root(spec: ContainerSpec) -> Path:
-    """The container's root: an overlay on the image, every mount point made, read-only if
-    asked, with /proc, /dev, the /etc files and the volumes mounted."""
+    """The container's root: an overlay on the image with /proc (its dangerous files
+    masked), a minimal /dev and the mounts, shallowest first, each mount point made where
+    it is missing; then read-only if asked."""
     layer = Path(spec.layer)
     upper, work, root = layer / "upper", layer / "work", layer / "root"
     for directory in (upper, work, root):
         directory.mkdir(parents=True, exist_ok=True)
-    _mount(
-        "overlay",
-        str(root),
-        "overlay",
-        0,
-        f"lowerdir={spec.rootfs},upperdir={upper},workdir={work}",
-    )
-    points = [("/proc", True), ("/dev", True)]
-    points += [(m.target, Path(m.source).is_dir()) for m in spec.mounts]
-    for target, is_dir in points:
-        _make_mount_point(_inside(root, target), is_dir)
-    if spec.read_only_root:
-        _mount(None, str(root), None, MS_REMOUNT | MS_BIND | MS_RDONLY)
-    _mount("proc", str(root / "proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    dev = root / "dev"
-    _mount("tmpfs", str(dev), "tmpfs", MS_NOSUID, "mode=755,size=65536k")
+    layers = f"lowerdir={spec.rootfs},upperdir={upper},workdir={work}"
+    _mount("overlay", str(root), "overlay", MS_NODEV, layers)
+    proc, dev = _inside(root, "/proc"), _inside(root, "/dev")
+    _make_mount_point(proc, True)
+    _mount("proc", str(proc), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    for name in PROC_READ_ONLY:
+        if (proc / name).exists():
+            _bind(str(proc / name), proc / name, read_only=True)
+    for name in PROC_MASKED:
+        if (proc / name).exists():
+            _bind("/dev/null", proc / name, read_only=True)
+    _make_mount_point(dev, True)
+    _mount("tmpfs", str(dev), "tmpfs", MS_NOSUID | MS_NODEV, "mode=755,size=65536k")
     for name in DEVICES:
         (dev / name).touch()
-        _mount(f"/dev/{name}", str(dev / name), None, MS_BIND)
+        _bind(f"/dev/{name}", dev / name, read_only=False)
     for name, target in (
         ("fd", "/proc/self/fd"),
         ("stdin", "/proc/self/fd/0"),
@@ -254,14 +275,23 @@ def _prepare_root(spec: ContainerSpec) -> Path:
         (dev / name).symlink_to(target)
     (dev / "shm").mkdir()
     _mount("shm", str(dev / "shm"), "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777")
-    for mount in spec.mounts:
+    for mount in sorted(spec.mounts, key=lambda m: len(Path(m.target).parts)):
         point = _inside(root, mount.target)
-        if mount.target.startswith("/dev/"):  # /dev/termination-log: on the tmpfs just made
-            _make_mount_point(point, Path(mount.source).is_dir())
-        _mount(mount.source, str(point), None, MS_BIND | MS_REC)
-        if mount.read_only:
-            _mount(None, str(point), None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_REC)
+        _make_mount_point(point, Path(mount.source).is_dir())
+        _bind(mount.source, point, mount.read_only)
+    _make_mount_point(_inside(root, spec.cwd), True)  # runc makes a missing working dir
+    if spec.read_only_root:
+        _mount(None, str(root), None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NODEV)
     return root
+
+
+def _enter(root: Path) -> None:
+    """Make `root` the root of the mount namespace and let go of the host's (pivot_root, as
+    runtimes do: a chroot could be climbed out of by a process that may chroot)."""
+    os.chdir(root)
+    _check(_libc.syscall(SYS_PIVOT_ROOT[os.uname().machine], b".", b"."), "pivot_root")
+    _check(_libc.umount2(b".", MNT_DETACH), "detach the host's root")
+    os.chdir("/")
 
 
 def _drop_capabilities(keep: Sequence[str]) -> None:
@@ -280,8 +310,7 @@ def _become_container(spec: ContainerSpec) -> None:
     _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing of ours reaches the host
     root = _prepare_root(spec)
     _check(_libc.sethostname(spec.hostname.encode(), len(spec.hostname.encode())), "sethostname")
-    os.chroot(root)
-    os.chdir("/")
+    _enter(root)
     _drop_capabilities(spec.capabilities)
     os.setgroups(spec.groups)
     os.setgid(spec.gid)
@@ -294,8 +323,8 @@ def _become_container(spec: ContainerSpec) -> None:
     except OSError as error:
         message = f"chdir to working directory {spec.cwd!r}: {error.strerror}"
         raise OSError(error.errno, message) from None
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)  # Python ignores some; an exec keeps that
     try:
         os.execvpe(spec.argv[0], spec.argv, spec.env)
     except OSError as error:
@@ -312,17 +341,14 @@ def _wait(child: int) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, forward)
-    while True:
-        try:
-            _, status = os.waitpid(child, 0)
-        except InterruptedError:
-            continue
-        if os.WIFSIGNALED(status):
-            return 128 + os.WTERMSIG(status)
-        return os.WEXITSTATUS(status)
+    _, status = os.waitpid(child, 0)
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the kubelet gone: the container goes too
     spec = ContainerSpec.read(Path((argv or sys.argv[1:])[0]))
     # Not inheritable: a successful exec closes it, so only a failure writes to it.
     report = os.open(spec.start_error or os.devnull, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
@@ -333,6 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     child = os.fork()
     if child == 0:
         try:
+            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # and with the shim
             _become_container(spec)
         except BaseException as error:  # whatever it is, PID 1 must not return into main
             reason = error.strerror if isinstance(error, OSError) else None

@@ -609,20 +609,42 @@ def _cluster_of(kubeconfig: Path) -> tuple[str, bytes]:
 # --- one pod ----------------------------------------------------------------------------
 
 
-def _identity(image: Image, security: Mapping[str, Any]) -> tuple[int, int]:
-    """The uid and gid a container runs as: runAsUser/runAsGroup, else the image's USER
-    (`uid`, `uid:gid`, or names looked up in the image's /etc/passwd and /etc/group)."""
-    user, _, group = image.user.partition(":")
+@dataclass(frozen=True)
+class _User:
+    """Who a container runs as."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...]  # supplementary, from the image's /etc/group
+    home: str  # the user's home in the image's /etc/passwd, else /
+
+
+def _identity(image: Image, security: Mapping[str, Any]) -> _User:
+    """The user a container runs as, as containerd finds it: runAsUser (and runAsGroup),
+    else the image's USER (`uid`, `uid:gid`, or names in the image's /etc/passwd and
+    /etc/group); a group not given is the user's primary one, else 0."""
     passwd = _table(image.rootfs / "etc" / "passwd")
-    uid = _lookup(user or "0", passwd, "user")
+    groups = _table(image.rootfs / "etc" / "group")
+    user, _, group = image.user.partition(":")
     if security.get("runAsUser") is not None:
-        uid = int(security["runAsUser"])
+        uid, group = int(security["runAsUser"]), ""
+    else:
+        uid = _lookup(user or "0", passwd, "user")
+    entry = next((row for row in passwd.values() if row[2] == str(uid)), None)
     if security.get("runAsGroup") is not None:
-        return uid, int(security["runAsGroup"])
-    if group:
-        return uid, _lookup(group, _table(image.rootfs / "etc" / "group"), "group")
-    entry = next((row for row in passwd.values() if row[2] == str(uid) and len(row) > 3), None)
-    return uid, int(entry[3]) if entry and entry[3].isdigit() else 0
+        gid = int(security["runAsGroup"])
+    elif group:
+        gid = _lookup(group, groups, "group")
+    else:
+        gid = int(entry[3]) if entry and len(entry) > 3 and entry[3].isdigit() else 0
+    name = entry[0] if entry else None
+    member_of = tuple(
+        int(row[2])
+        for row in groups.values()
+        if len(row) > 3 and name in row[3].split(",") and row[2].isdigit()
+    )
+    home = entry[5] if entry and len(entry) > 5 and entry[5] else "/"
+    return _User(uid, gid, member_of, home)
 
 
 def _table(path: Path) -> dict[str, list[str]]:
@@ -644,11 +666,9 @@ def _lookup(name: str, table: Mapping[str, list[str]], what: str) -> int:
     return int(row[2])
 
 
-def _home(image: Image, uid: int) -> str:
-    """HOME as a runtime sets it when the image does not: the user's, else /."""
-    passwd = _table(image.rootfs / "etc" / "passwd")
-    entry = next((row for row in passwd.values() if row[2] == str(uid) and len(row) > 5), None)
-    return entry[5] if entry and entry[5] else "/"
+def _capability(name: str) -> str:
+    """`CAP_NET_RAW`, `net_raw` and `NET_RAW` are one capability, as containerd reads them."""
+    return name.upper().removeprefix("CAP_")
 
 
 def _termination_target(spec: Mapping[str, Any]) -> str:
@@ -837,6 +857,10 @@ class _PodWorker(threading.Thread):
         if "emptyDir" in volume:
             path.mkdir(exist_ok=True)
             path.chmod(0o777)  # as the kubelet makes it: any user of the pod may write
+            group = self.spec.get("securityContext", {}).get("fsGroup")
+            if group is not None:  # and what is made in it belongs to the fsGroup
+                os.chown(path, 0, int(group))
+                path.chmod(0o2777)
             return path
         if "hostPath" in volume:
             return Path(volume["hostPath"]["path"])
@@ -873,9 +897,8 @@ class _PodWorker(threading.Thread):
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(content)
             file_mode = mode if item_mode is None else item_mode
-            if group is not None:  # readable by the pod's fsGroup, as the kubelet sets it
+            if group is not None:  # the pod's fsGroup owns them, as the kubelet sets it
                 os.chown(target, 0, int(group))
-                file_mode = (file_mode | 0o040) & ~0o007 if file_mode & 0o004 else file_mode
             target.chmod(file_mode)
         shutil.rmtree(path, ignore_errors=True)
         staging.rename(path)
@@ -1038,6 +1061,8 @@ class _PodWorker(threading.Thread):
         shutil.rmtree(layer, ignore_errors=True)  # a restarted container starts afresh
         code = _exit_code(process.returncode)
         failed_start = start_error.read_text(errors="replace") if start_error.exists() else ""
+        start_error.unlink(missing_ok=True)
+        spec_path.unlink(missing_ok=True)
         terminated: dict[str, Any] = {
             "exitCode": code,
             "reason": "StartError" if failed_start else "Completed" if code == 0 else "Error",
@@ -1057,8 +1082,10 @@ class _PodWorker(threading.Thread):
         return code
 
     def _kill(self, process: subprocess.Popen[bytes]) -> None:
-        """SIGTERM the container's process group; SIGKILL it after the grace period."""
-        _signal_group(process.pid, signal.SIGTERM)
+        """SIGTERM the container (the shim passes it to PID 1 only, as a runtime signals
+        it); SIGKILL its whole process group after the grace period."""
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
         try:
             process.wait(self._grace)
         except subprocess.TimeoutExpired:
@@ -1078,30 +1105,37 @@ class _PodWorker(threading.Thread):
                 "Never (the local kubelet pulls nothing: `make images` builds the project's)"
             )
         security = {**self.spec.get("securityContext", {}), **spec.get("securityContext", {})}
-        uid, gid = _identity(image, security)
-        if security.get("runAsNonRoot") and uid == 0:
+        user = _identity(image, security)
+        if security.get("runAsNonRoot") and user.uid == 0:
             raise ContainerConfigError(
                 f'container has runAsNonRoot and image will run as root (pod: "{self.pod_name}'
                 f'_{self.namespace}({self.uid})", container: {container.name})'
             )
-        env = self._env(spec, image, uid)
+        declared = self._declared_env(spec)
+        env = {
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOSTNAME": self.spec.get("hostname") or self.pod_name,
+            "HOME": user.home,
+            **image.env,
+            **declared,
+        }
         command, args = spec.get("command"), spec.get("args")
         if not command:
             command, args = list(image.entrypoint), args if args is not None else list(image.cmd)
-        argv = [expand(part, env) for part in [*command, *(args or [])]]
+        argv = [expand(part, declared) for part in [*command, *(args or [])]]
         if not argv:
             raise ContainerConfigError(f"container {container.name!r}: no command specified")
         pod_security = self.spec.get("securityContext", {})
-        groups = [int(g) for g in pod_security.get("supplementalGroups", [])]
+        groups = [*user.groups, *(int(g) for g in pod_security.get("supplementalGroups", []))]
         if pod_security.get("fsGroup") is not None:
             groups.append(int(pod_security["fsGroup"]))
         capabilities = set(runtime.DEFAULT_CAPABILITIES)
         if security.get("privileged"):
             capabilities = set(runtime.CAPABILITIES)
         asked = spec.get("securityContext", {}).get("capabilities", {})
-        dropped = set(asked.get("drop", []))
+        dropped = {_capability(c) for c in asked.get("drop", [])}
         capabilities = set() if "ALL" in dropped else capabilities - dropped
-        capabilities |= set(asked.get("add", []))
+        capabilities |= {_capability(c) for c in asked.get("add", [])}
         mounts = [
             runtime.Mount(str(self._termination_path(spec)), _termination_target(spec)),
             runtime.Mount(str(self.dir / "hosts"), "/etc/hosts"),
@@ -1118,9 +1152,7 @@ class _PodWorker(threading.Thread):
                     f"volumeMount {mount['name']!r} names no volume of the pod"
                 )
             if mount.get("subPath"):
-                source = source / mount["subPath"]
-                if not source.exists():
-                    source.mkdir(parents=True)
+                source = self._sub_path(source, mount["subPath"])
             forced = any(k in kinds[mount["name"]] for k in read_only_kinds)
             read_only = bool(mount.get("readOnly")) or forced
             mounts.append(runtime.Mount(str(source), mount["mountPath"], read_only))
@@ -1130,9 +1162,9 @@ class _PodWorker(threading.Thread):
             layer=str(layer),
             argv=argv,
             env=env,
-            uid=uid,
-            gid=gid,
-            groups=groups,
+            uid=user.uid,
+            gid=user.gid,
+            groups=sorted(set(groups)),
             cwd=spec.get("workingDir") or image.working_dir or "/",
             hostname=self.spec.get("hostname") or self.pod_name,
             read_only_root=bool(security.get("readOnlyRootFilesystem")),
@@ -1142,19 +1174,16 @@ class _PodWorker(threading.Thread):
             start_error=str(layer.with_suffix(".start-error")),
         ), image
 
-    def _env(self, spec: dict[str, Any], image: Image, uid: int) -> dict[str, str]:
-        """The container's environment, in a runtime's and kubelet's order: image ENV, then
-        service variables, then envFrom, then env (`$(VAR)` expands what came before)."""
+    def _declared_env(self, spec: dict[str, Any]) -> dict[str, str]:
+        """What the kubelet puts in the environment, in its order: service variables, then
+        envFrom, then env. `$(VAR)` expands only these (never the image's ENV); the runtime
+        lays them over the image's ENV."""
         port = str(self.kubelet.service_port)
         env = {
-            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "HOSTNAME": self.spec.get("hostname") or self.pod_name,
-            **image.env,
             "KUBERNETES_SERVICE_HOST": LOOPBACK,
             "KUBERNETES_SERVICE_PORT": port,
             "KUBERNETES_SERVICE_PORT_HTTPS": port,
         }
-        env.setdefault("HOME", _home(image, uid))
         for source in spec.get("envFrom", []):
             prefix = source.get("prefix", "")
             if "configMapRef" in source:
@@ -1175,6 +1204,18 @@ class _PodWorker(threading.Thread):
             else:
                 env[var["name"]] = expand(var.get("value", ""), env)
         return env
+
+    def _sub_path(self, volume: Path, sub_path: str) -> Path:
+        """A volume's subPath, made if missing; refused when it leads out of the volume
+        (a symlink a container left there), as a kubelet refuses it."""
+        source = volume / sub_path
+        if not source.exists() and not source.is_symlink():
+            source.mkdir(parents=True)
+        if not source.resolve().is_relative_to(volume.resolve()):
+            raise ContainerConfigError(
+                f"subpath {str(source)!r} not within volume path {str(volume)!r}"
+            )
+        return source.resolve()
 
     def _termination_path(self, spec: dict[str, Any]) -> Path:
         """Where the kubelet keeps a container's termination message file."""

@@ -50,7 +50,7 @@ def test_no_tag_means_latest(tmp_path: Path) -> None:
 
 
 PASSWD = "root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n"
-GROUP = "root:x:0:\nstaff:x:50:\n"
+GROUP = "root:x:0:\nstaff:x:50:\nwheel:x:10:root,app\n"
 
 
 @pytest.mark.parametrize(
@@ -64,6 +64,7 @@ GROUP = "root:x:0:\nstaff:x:50:\n"
         ("4242", {}, (4242, 0)),  # a uid the image does not name: group 0, as a runtime does
         ("app", {"runAsUser": 7}, (7, 0)),
         ("app", {"runAsUser": 7, "runAsGroup": 8}, (7, 8)),
+        ("ghost:nogroup", {"runAsUser": 1000}, (1000, 1001)),  # the image's USER is not used
     ],
 )
 def test_the_user_comes_from_the_security_context_else_the_image(
@@ -73,7 +74,18 @@ def test_the_user_comes_from_the_security_context_else_the_image(
     (tmp_path / "etc" / "passwd").write_text(PASSWD)
     (tmp_path / "etc" / "group").write_text(GROUP)
     image = Image("app:1", "sha256:ab", tmp_path, user=user)
-    assert _identity(image, security) == expected
+    found = _identity(image, security)
+    assert (found.uid, found.gid) == expected
+
+
+def test_the_user_has_its_home_and_the_groups_the_image_lists_it_in(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "passwd").write_text(PASSWD)
+    (tmp_path / "etc" / "group").write_text(GROUP)
+    found = _identity(Image("app:1", "sha256:ab", tmp_path, user="app"), {})
+    assert (found.home, found.groups) == ("/home/app", (10,))
+    nobody = _identity(Image("app:1", "sha256:ab", tmp_path, user="4242"), {})
+    assert (nobody.home, nobody.groups) == ("/", ())
 
 
 def test_a_user_name_the_image_does_not_know_is_a_config_error(tmp_path: Path) -> None:

@@ -587,3 +587,71 @@ def test_a_command_missing_from_the_image_fails_to_start(kubectl: Kubectl, names
     terminated = status["containerStatuses"][0]["state"]["terminated"]
     assert (terminated["reason"], terminated["exitCode"]) == ("StartError", 128)
     assert "/no/such/binary" in terminated["message"]
+
+
+def test_a_sub_path_that_a_container_made_a_symlink_out_of_the_volume_is_refused(
+    kubectl: Kubectl, namespace: str
+) -> None:
+    """An init container leaves `h -> /` in a shared emptyDir; mounting `subPath: h` would
+    hand the next container this machine's root. A kubelet refuses it (CVE-2017-1002101)."""
+    init = {
+        "name": "plant",
+        "image": IMAGE,
+        "command": ["/bin/sh", "-c", "ln -s / /shared/h"],
+        "volumeMounts": [{"name": "shared", "mountPath": "/shared"}],
+    }
+    manifest = pod(
+        "escape",
+        "ls /host > /dev/termination-log",
+        initContainers=[init],
+        volumes=[{"name": "shared", "emptyDir": {}}],
+        container={"volumeMounts": [{"name": "shared", "mountPath": "/host", "subPath": "h"}]},
+    )
+    kubectl.apply(manifest, namespace=namespace)
+    found = wait_waiting(kubectl, namespace, "escape", "CreateContainerConfigError")
+    assert "not within volume path" in found["message"], found
+
+
+def test_a_root_container_cannot_climb_out_of_its_root(kubectl: Kubectl, namespace: str) -> None:
+    """The classic chroot escape (chroot into a subdirectory, climb with `..`, chroot
+    there) ends in the container's own root: the host's root is not there to reach."""
+    escape = (
+        "import os\n"
+        "os.mkdir('/tmp/x'); os.chroot('/tmp/x')\n"
+        "for _ in range(20): os.chdir('..')\n"
+        "os.chroot('.')\n"
+        "open('/dev/termination-log', 'w').write(' '.join(sorted(os.listdir('/'))))\n"
+    )
+    manifest = pod("climber", "", securityContext={"runAsUser": 0})
+    manifest["spec"]["containers"][0].update(
+        image=RUNTIME_IMAGE,
+        command=["python", "-c", escape],
+        volumeMounts=[{"name": "tmp", "mountPath": "/tmp"}],
+    )
+    manifest["spec"]["volumes"] = [{"name": "tmp", "emptyDir": {}}]
+    kubectl.apply(manifest, namespace=namespace)
+    listing = message_of(wait_phase(kubectl, namespace, "climber", "Succeeded")["status"])
+    assert "opt" in listing.split()  # the image's /opt/venv: still the container's root
+    assert "work" not in listing.split()  # this machine's /work is out of reach
+
+
+def test_signals_and_expansion_are_a_kubelets(kubectl: Kubectl, namespace: str) -> None:
+    """A writer to a closed pipe dies of SIGPIPE (141), as on any node; `$(VAR)` expands the
+    pod's variables only, never the image's (HOME stays as written)."""
+    script = (
+        "{ (yes; echo $? > /tmp/code) | head -1 > /dev/null; cat /tmp/code;"
+        " echo '$(HOME)' '$(KUBERNETES_SERVICE_PORT)'; } > /dev/termination-log"
+    )
+    manifest = pod(
+        "posix",
+        script,
+        volumes=[{"name": "tmp", "emptyDir": {}}],
+        container={"volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}]},
+    )
+    kubectl.apply(manifest, namespace=namespace)
+    code, words = message_of(wait_phase(kubectl, namespace, "posix", "Succeeded")["status"]).split(
+        "\n", 1
+    )
+    home, port = words.split()
+    assert code == "141"
+    assert home == "$(HOME)" and port.isdigit()
