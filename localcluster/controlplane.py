@@ -283,6 +283,7 @@ def stop_recorded(state_dir: Path, grace: float = STOP_GRACE_SECONDS) -> list[st
 @dataclass
 class _Component:
     name: str
+    args: tuple[str, ...]
     process: subprocess.Popen[bytes]
     log: Path
 
@@ -464,8 +465,20 @@ class ControlPlane:
                 start_new_session=True,
                 preexec_fn=None if self.detach else die_with_parent,
             )
-        self._components.append(_Component(name, process, log))
+        self._components.append(_Component(name, args, process, log))
         record_process(self.state_dir, name, process.pid)
+
+    def restart_apiserver(self, down_seconds: float = 0.0) -> None:
+        """Stop the API server, wait `down_seconds`, start it again with the same flags; etcd
+        keeps the cluster's state, as in an upgrade or a crash of the server. Returns once it
+        is ready again."""
+        server = next(c for c in self._components if c.name == "kube-apiserver")
+        terminate(server.process)
+        self._components.remove(server)
+        time.sleep(down_seconds)
+        self._spawn(server.name, *server.args)
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        self._wait("kube-apiserver", deadline, lambda: self.get("/readyz")[0] == 200)
 
     def _wait(self, what: str, deadline: float, ready: Callable[[], bool]) -> None:
         """Poll `ready` until it holds; fail at once if a component exits meanwhile."""

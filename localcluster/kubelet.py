@@ -277,6 +277,8 @@ class LocalKubelet:
         self._lock = threading.Lock()
         self._workers: dict[str, _PodWorker] = {}  # by pod uid, while the pod runs here
         self._finished: set[str] = set()  # pod uids whose workers are done
+        # Done workers whose last status the API server never got (it was away), by pod uid.
+        self._unsent: dict[str, _PodWorker] = {}
         self._by_name: dict[tuple[str, str], _PodWorker] = {}  # newest worker per pod name
         self._threads: list[threading.Thread] = []
         self._node_uid = ""
@@ -423,8 +425,8 @@ class LocalKubelet:
         while not self._stopping.wait(HEARTBEAT_SECONDS):
             try:
                 self._beat()
-            except Exception:
-                log.exception("node heartbeat failed")
+            except Exception as error:  # the API server away, mostly: beat again later
+                log.warning("node heartbeat failed: %s", _describe(error))
 
     # --- pods -----------------------------------------------------------------------
 
@@ -480,6 +482,12 @@ class LocalKubelet:
         uid = meta["uid"]
         with self._lock:
             worker = self._workers.get(uid)
+            behind = worker if worker is not None else self._unsent.get(uid)
+        if behind is not None and behind.unsent and kind != "DELETED":
+            behind._publish()  # as a kubelet's status manager: what the server missed, now
+        with self._lock:
+            if behind is not None and (not behind.unsent or kind == "DELETED"):
+                self._unsent.pop(uid, None)
             if worker is None and kind != "DELETED" and uid not in self._finished:
                 if pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
                     self._finished.add(uid)
@@ -513,6 +521,8 @@ class LocalKubelet:
         with self._lock:
             self._workers.pop(worker.uid, None)
             self._finished.add(worker.uid)
+            if worker.unsent:
+                self._unsent[worker.uid] = worker
 
     # --- kubelet API (logs) -----------------------------------------------------------
 
@@ -725,6 +735,7 @@ class _PodWorker(threading.Thread):
         self._grace = MAX_GRACE_SECONDS
         self._deleting = False  # the pod has a deletionTimestamp
         self._gone = False  # the pod object no longer exists
+        self.unsent = False  # the last status did not reach the API server: send it again
         self._shutdown = False  # the kubelet stops: kill, report nothing
         self._status_lock = threading.Lock()
         self.volumes: dict[str, Path] = {}  # by volume name, once made
@@ -1363,6 +1374,7 @@ class _PodWorker(threading.Thread):
             for attempt in range(STATUS_ATTEMPTS):
                 try:
                     self.kubelet.api.call("PATCH", path, body, None, PATCH)
+                    self.unsent = False
                     return
                 except ApiException as exc:
                     if exc.status in (404, 409):  # deleted, or replaced by a namesake
@@ -1374,4 +1386,8 @@ class _PodWorker(threading.Thread):
                 except Exception as exc:  # the connection: worth another try
                     error = exc
                 time.sleep(0.5 * (attempt + 1))
-            log.warning("status of pod %s/%s not sent: %s", self.namespace, self.pod_name, error)
+            self.unsent = True
+            log.warning(
+                "status of pod %s/%s not sent (again after the next relist): %s",
+                self.namespace, self.pod_name, error,
+            )  # fmt: skip

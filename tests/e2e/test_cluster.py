@@ -655,3 +655,28 @@ def test_signals_and_expansion_are_a_kubelets(kubectl: Kubectl, namespace: str) 
     home, port = words.split()
     assert code == "141"
     assert home == "$(HOME)" and port.isdigit()
+
+
+def test_a_restarted_api_server_keeps_the_state_and_gets_what_the_kubelet_missed(
+    control_plane: Cluster, kubectl: Kubectl, namespace: str
+) -> None:
+    """What bench/faults.py does to the operator: the server stopped and started again on its
+    etcd. What was made before is there after; a pod that ended while the server was away
+    (longer than the kubelet's retries of one status) is reported once it is back, as a
+    kubelet's status manager does; a pod made after runs."""
+    plane = control_plane.control_plane
+    if plane is None:
+        pytest.skip("restarts the local control plane's API server")
+    kubectl.apply(
+        plain("ConfigMap", "before", data={"k": "v"}),
+        pod("during", "sleep 2; echo -n ended > /dev/termination-log"),
+        namespace=namespace,
+    )
+    wait_phase(kubectl, namespace, "during", "Running")
+    port = plane.port
+    plane.restart_apiserver(down_seconds=12)
+    assert plane.port == port
+    assert kubectl.json("get", "configmap", "before", "-n", namespace)["data"] == {"k": "v"}
+    assert message_of(wait_phase(kubectl, namespace, "during", "Succeeded")["status"]) == "ended"
+    kubectl.apply(pod("after", "echo -n ran > /dev/termination-log"), namespace=namespace)
+    assert message_of(wait_phase(kubectl, namespace, "after", "Succeeded")["status"]) == "ran"
