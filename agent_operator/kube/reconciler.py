@@ -19,7 +19,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -122,6 +122,12 @@ class Wakers:
         finally:
             waker.asleep = False
             waker.event.clear()
+
+    async def sleep(self, uid: str, seconds: float) -> None:
+        """`seconds`, whatever wakes come meanwhile: the next pass observes what they were
+        about anyway."""
+        await asyncio.sleep(max(seconds, 0.0))
+        self._loops[uid].event.clear()
 
     def running(self) -> int:
         """Task loops now running."""
@@ -258,7 +264,12 @@ class TaskLoop:
                 wait = await _whole(work)
                 if wait is None:
                     return
-                await wakers.wait(self.uid, min(wait, self.ctx.settings.idle_requeue_seconds))
+                seconds, wakeable = wait
+                seconds = min(seconds, self.ctx.settings.idle_requeue_seconds)
+                if wakeable:
+                    await wakers.wait(self.uid, seconds)
+                else:
+                    await wakers.sleep(self.uid, seconds)
         finally:
             wakers.forget(self.uid)
             self.ctx.loops.pop(self.uid, None)
@@ -266,9 +277,14 @@ class TaskLoop:
             if self.shell.body["metadata"].get("deletionTimestamp"):
                 self.ctx.phases.forget(self.uid)  # a deleted task is no task of any phase
 
-    def step(self) -> float | None:
-        """One pass; the seconds until the next look, or None when the task has ended."""
-        return self.shell.seconds_until(self.pass_once())
+    def step(self) -> tuple[float, bool] | None:
+        """One pass; then the seconds until the next look and whether a wake may cut them
+        short, or None when the task has ended. A pass that failed backs off for all of
+        its delay: it gave its pool slots back, which wakes the tasks in line, whose passes
+        fail as well (the store is down) and wake it again, without end."""
+        outcome = self.pass_once()
+        seconds = self.shell.seconds_until(outcome)
+        return None if seconds is None else (seconds, not isinstance(outcome, BackOff))
 
     def pass_once(self) -> Outcome:
         """A pass of the driver, after checking the object is an AgentTask the core can
@@ -545,7 +561,10 @@ def _plain_value(value: Any) -> Any:
     return value
 
 
-async def _whole(work: asyncio.Future[float | None]) -> float | None:
+T = TypeVar("T")
+
+
+async def _whole(work: asyncio.Future[T]) -> T:
     """Await `work`; if cancelled meanwhile, let it finish, then pass the cancellation on."""
     try:
         return await asyncio.shield(work)

@@ -6,6 +6,7 @@ Each test still drives a task to its end and checks that no step ran twice.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import kopf
@@ -165,8 +166,10 @@ def test_server_errors_on_status_patches_and_job_creation_are_retried(
         final = run_chain(cluster, "bumpy")
 
     assert final["outputs"] == {"two": {"m": 1}}
-    assert len(patches) == 3 and len(creates) == 1
-    assert api_errors() >= errors + 4  # each one counted, none fatal to the task's loop
+    # A pass after a failed patch finds the change made already, so it may not patch again.
+    assert len(patches) >= 2 and len(creates) == 1
+    # Each one counted, none fatal to the task's loop.
+    assert api_errors() >= errors + len(patches) + len(creates)
     one_job_per_step(cluster)
     assert len(cluster.jobs()) == 2
 
@@ -278,3 +281,37 @@ def test_a_store_outage_holds_the_task_then_it_resumes_without_rerunning(
     assert attempts == [("one", 1, "Succeeded"), ("two", 1, "Succeeded")]
     assert checkpoint is not None and checkpoint.snapshot["phase"] == "Succeeded"
     assert [e.step_id for e in steps_done] == ["one", "two"]
+
+
+@pytest.mark.store
+def test_tasks_backing_off_from_a_store_outage_do_not_wake_each_other(
+    cluster: Emulated, relay: Relay, postgres_store_dsn: str
+) -> None:
+    """A failed pass gives back the task's pool slot, which wakes the tasks queued for it;
+    those fail and give theirs back too. Backing off means waiting out the delay: at most
+    one look per task per delay (0.5 s doubling), not a ring of wakes between them."""
+    dsn = (
+        make_url(postgres_store_dsn)
+        .set(host="127.0.0.1", port=relay.port)
+        .render_as_string(hide_password=False)
+    )
+    settings = OperatorSettings(
+        dsn=dsn, metrics_port=0, store_retry_seconds=0.5, api_retry_seconds=0.5
+    )
+    tasks = [f"queued-{i}" for i in range(6)]
+    with running_operator(settings) as memo:
+        ledger = context(memo).ledger
+        for name in tasks:
+            cluster.create("agenttasks", agent_task(name, CHAIN))
+        eventually(lambda: len(cluster.job_creations()) == 2, what="the pool's two slots taken")
+        eventually(lambda: ledger.usage((NS, "default"))[1] == 4, what="four tasks in line")
+        running = cluster.objects(JOBS)
+        relay.cut()
+        before = api_errors("store")
+        for job in running:
+            cluster.finish_job(job, succeeded({"n": 1}))
+        eventually(lambda: api_errors("store") >= before + len(tasks), what="looks while down")
+        looked = api_errors("store")
+        time.sleep(3)  # with 0.5 s doubling: a look at 0.5, 1.5 and 3.5 s at most, each
+        assert api_errors("store") - looked <= 3 * len(tasks)
+        relay.restore()
