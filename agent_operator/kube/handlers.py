@@ -108,6 +108,8 @@ def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.diffbase_storage = TaskFreeDiffBase()
     settings.posting.level = logging.INFO
     settings.peering.standalone = not operator.peering
+    # Each replica says it is alive every lifetime minus 5-10 s (at least every second).
+    settings.peering.lifetime = operator.peering_lifetime_seconds
     # A deleted task's daemon finishes the pass it is in before it exits; let Kopf wait for
     # that instead of looking again only at the cancellation timeout (60 s).
     settings.background.instant_exit_timeout = DAEMON_EXIT_SECONDS

@@ -27,6 +27,12 @@ class OperatorSettings(BaseModel):
     health_port: int = Field(default=8081, description="Liveness endpoint /healthz; 0: off.")
     log_format: LogFormat = LogFormat.plain
     peering: bool = Field(default=False, description="Kopf peering, for more than one replica.")
+    peering_lifetime_seconds: int = Field(
+        default=10,
+        ge=2,
+        description="How long a silent peer counts as alive: a standby takes over at most "
+        "this long after the working replica died (Kopf's default is 60 s).",
+    )
     store_retry_seconds: float = Field(
         default=5.0, description="Retry delay while the store is down."
     )
@@ -56,6 +62,7 @@ class OperatorSettings(BaseModel):
             health_port=int(env.get("AGENT_OPERATOR_HEALTH_PORT", "8081")),
             log_format=LogFormat(env.get("AGENT_OPERATOR_LOG_FORMAT", "plain")),
             peering=env.get("AGENT_OPERATOR_PEERING", "false").lower() in ("1", "true", "yes"),
+            peering_lifetime_seconds=int(env.get("AGENT_OPERATOR_PEERING_LIFETIME_SECONDS", "10")),
             workers=int(env.get("AGENT_OPERATOR_WORKERS", "16")),
             retention_days=float(
                 env.get("AGENT_OPERATOR_RETENTION_DAYS", str(DEFAULT_RETENTION_DAYS))

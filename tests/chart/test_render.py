@@ -42,7 +42,11 @@ VALUE_SETS: dict[str, Obj] = {
         "logFormat": "json",
         "workers": 4,
     },
-    "ha": {"replicaCount": 3, "podDisruptionBudget": {"enabled": True}},
+    "ha": {
+        "replicaCount": 3,
+        "podDisruptionBudget": {"enabled": True},
+        "peeringLifetimeSeconds": 20,
+    },
     "ha-namespaced": {"replicaCount": 2, "watchNamespaces": ["team-a"]},
     "everything": {
         "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
@@ -350,7 +354,9 @@ def test_settings_come_through_as_the_values_say(rendered: dict[str, Rendered]) 
     assert (default.workers, namespaced.workers) == (16, 4)
     assert (default.retention_days, namespaced.retention_days) == (30, 0.5)
 
-    assert OperatorSettings.from_env(operator_env(rendered["ha"])).peering is True
+    ha = OperatorSettings.from_env(operator_env(rendered["ha"]))
+    assert (ha.peering, ha.peering_lifetime_seconds) == (True, 20)
+    assert default.peering_lifetime_seconds == 10
     minimal = OperatorSettings.from_env(operator_env(rendered["minimal"]))
     assert (minimal.metrics_port, minimal.health_port) == (0, 0)
 

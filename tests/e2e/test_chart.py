@@ -631,6 +631,8 @@ def test_two_replicas_peer_and_only_one_works(release: Release, kubectl: Kubectl
 
     live = eventually(peers, 60, "two operators in the peering")
     assert len({p["priority"] for p in live.values()}) == len(live), "priorities must differ"
+    # A standby takes over within the chart's peeringLifetimeSeconds, not Kopf's 60 s.
+    assert {p["lifetime"] for p in live.values()} == {10}
 
     # Kopf starts paused and says so when that changes: the last word of each pod's log
     # tells whether it works. Exactly one does.
