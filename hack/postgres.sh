@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A throwaway PostgreSQL server for tests and development, run as a local process.
 #
-#   hack/postgres.sh start <dir>   initdb (first time) and start on a free loopback port; prints the DSN
+#   hack/postgres.sh start <dir>   initdb (first time) and start on a free loopback port (again: the
+#                                  port it had, if free); prints the DSN
 #   hack/postgres.sh dsn <dir>     prints the DSN of the server in <dir>
 #   hack/postgres.sh stop <dir>    stops it (does nothing when it is not running)
 #
@@ -101,7 +102,8 @@ start() {
   fi
   local port attempt
   for attempt in 1 2 3 4 5; do
-    port=$(free_port)
+    # A restarted server keeps its address while that port is free, as a database does.
+    if [[ $attempt -eq 1 && -f $dir/port ]]; then port=$(cat "$dir/port"); else port=$(free_port); fi
     if as_owner "$BIN/pg_ctl" -D "$data" -l "$dir/postgres.log" -o "-p $port" -w -t 60 start \
       >/dev/null; then
       echo "$port" >"$dir/port"

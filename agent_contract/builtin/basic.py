@@ -35,10 +35,14 @@ SLEEP = ToolSpec(
 
 FAIL = ToolSpec(
     name="fail",
-    description="Fails with `message`.",
+    description="Fails with `message`; with `attempts`, only its first that many attempts "
+    "fail and a later one succeeds (a flaky step).",
     params_schema={
         "type": "object",
-        "properties": {"message": {"type": "string"}},
+        "properties": {
+            "message": {"type": "string"},
+            "attempts": {"type": "integer", "minimum": 1},
+        },
         "additionalProperties": False,
     },
     risk=RiskLevel.safe,

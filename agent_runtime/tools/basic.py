@@ -21,6 +21,9 @@ def _sleep(params: dict[str, Any], ctx: ToolContext) -> ToolOutcome:
 
 
 def _fail(params: dict[str, Any], ctx: ToolContext) -> ToolOutcome:
+    attempt = ctx.invocation.attempt
+    if "attempts" in params and attempt > params["attempts"]:
+        return ToolOutcome(outputs={"attempt": attempt})
     raise ToolFailure(params.get("message", "failed on purpose"))
 
 
