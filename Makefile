@@ -4,12 +4,13 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 EXAMPLE ?= examples/agenttask-dag.yaml
 
-.PHONY: help venv lock run test test-fast bench lint format typecheck crds chart bins images cluster-up cluster-down kind-e2e clean
+.PHONY: help venv lock run test test-fast bench faults lint format typecheck crds chart bins images cluster-up cluster-down kind-e2e clean
 
 help:
 	@echo "make run    - set up, then run $(EXAMPLE) with the embedded default (no cluster, SQLite)"
 	@echo "make test   - set up, then run every test tier (lint and types included)"
 	@echo "make bench  - the operator's hand-off latency, API and store writes per step, memory at 1,000 tasks"
+	@echo "make faults - fault figures (docs/reliability.md), then FUZZ_EXAMPLES (100) hostile inputs per kind"
 	@echo "make lock   - regenerate requirements/*.txt (LOCK_FLAGS=--upgrade: newest versions)"
 	@echo "make crds   - regenerate crds/ and the chart's generated files from the pydantic models"
 	@echo "make kind-e2e - where Docker exists: a kind cluster, both images, the chart, the e2e suite"
@@ -50,6 +51,12 @@ test-fast: venv
 
 bench: venv bins images
 	$(BIN)/python -m bench.operator_bench
+
+FUZZ_EXAMPLES ?= 100
+
+faults: venv bins images
+	$(BIN)/python -m bench.faults
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q -s -p no:cacheprovider tests/e2e/test_fuzz.py
 
 lint: venv
 	$(BIN)/ruff check .

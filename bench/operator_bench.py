@@ -99,8 +99,8 @@ def memory(pid: int) -> tuple[int, int]:
 
 
 @contextmanager
-def control_plane(work: Path) -> Iterator[Path]:
-    """The e2e tier's control plane and local kubelet, with the CRDs; its kubeconfig."""
+def control_plane(work: Path, namespaces: tuple[str, ...] = (NAMESPACE,)) -> Iterator[ControlPlane]:
+    """The e2e tier's control plane and local kubelet, with the CRDs and `namespaces`."""
     built = subprocess.run(
         ["bash", str(REPO / "hack" / "build-binaries.sh")], capture_output=True, text=True
     )
@@ -117,10 +117,10 @@ def control_plane(work: Path) -> Iterator[Path]:
             for args in (
                 ["apply", "--server-side", "-f", str(REPO / "crds")],
                 ["wait", "--for=condition=Established", "--timeout=60s", "crd", "--all"],
-                ["create", "namespace", NAMESPACE],
+                *(["create", "namespace", n] for n in namespaces),
             ):
                 subprocess.run([*kubectl, *args], capture_output=True, check=True)
-            yield plane.kubeconfig
+            yield plane
         finally:
             kubelet.stop()
     finally:
@@ -336,7 +336,8 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="agent-operator-bench-"))
     with local_postgres() as dsn:
         costs = per_step_costs(dsn, work / "emulated", args.steps)
-        with control_plane(work) as kubeconfig:
+        with control_plane(work) as plane:
+            kubeconfig = plane.kubeconfig
             api = config.new_client_from_config(str(kubeconfig))
             create(
                 api, "agentpools", "default", {"replicas": 4, "template": {"image": RUNTIME_IMAGE}}

@@ -18,8 +18,10 @@ import itertools
 import json
 import os
 import re
+import uuid
 from typing import Any
 
+import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -36,6 +38,8 @@ GROUP, VERSION = "agentoperator.io", "v1alpha1"
 RUNTIME_IMAGE = os.environ.get("E2E_RUNTIME_IMAGE", "agent-runtime:e2e")
 TASK_UID = "agentoperator.io/task-uid"
 KEY_REF = {"name": "llm", "key": "api-key"}
+API_KEY = f"sk-fuzz-{uuid.uuid4().hex}"  # what no object, Event, log line or row may show
+STORE_TABLES = ("tasks", "step_attempts", "checkpoints", "events")
 # A Python traceback's frame line, as text or inside a JSON log line (not the word alone:
 # the hostile strings carry it, and the API server quotes what it refuses).
 TRACEBACK = re.compile(r'File \\?"[^"\\]+\\?", line \d+')
@@ -241,6 +245,32 @@ class Fuzzed:
             GROUP, VERSION, self.namespace, "agenttasks", task["metadata"]["name"]
         )
 
+    def nowhere(self, secret: str) -> None:
+        """`secret` is in no object of the namespace but its Secret, in no Event, no line
+        of the operator's log and no row of its store."""
+        custom = [
+            self.custom.list_namespaced_custom_object(GROUP, VERSION, self.namespace, plural)
+            for plural in ("agenttasks", "agentpools", "approvalrequests")
+        ]
+        core = client.CoreV1Api(self.api)
+        built_in = [
+            self.batch.list_namespaced_job(self.namespace),
+            core.list_namespaced_pod(self.namespace),
+            core.list_namespaced_event(self.namespace),
+            core.list_namespaced_config_map(self.namespace),
+        ]
+        seen = {
+            "objects": json.dumps(
+                [*custom, *(self.api.sanitize_for_serialization(o) for o in built_in)]
+            ),
+            "operator log": self.operator.log.read_text(errors="replace"),
+        }
+        with psycopg.connect(self.operator.dsn) as db:  # a libpq URL (conftest.operator_dsn)
+            for table in STORE_TABLES:
+                rows = db.execute(f"SELECT * FROM {table}").fetchall()  # fixed names
+                seen[f"store table {table}"] = json.dumps(rows, default=str)
+        assert [where for where, text in seen.items() if secret in text] == []
+
     def operator_carried_on(self, starts: int) -> None:
         assert self.operator.process is not None and self.operator.process.poll() is None
         assert self.operator.starts == starts  # never restarted by the fixture either
@@ -254,7 +284,7 @@ def fuzzed(operator: OperatorProcess, kubectl: Kubectl, namespace: str) -> Fuzze
     pool = {"replicas": 4, "template": {"image": RUNTIME_IMAGE}}
     assert fuzz.create("agentpools", "default", pool) is not None
     secret = client.V1Secret(
-        metadata=client.V1ObjectMeta(name=KEY_REF["name"]), string_data={KEY_REF["key"]: "sk-x"}
+        metadata=client.V1ObjectMeta(name=KEY_REF["name"]), string_data={KEY_REF["key"]: API_KEY}
     )
     client.CoreV1Api(fuzz.api).create_namespaced_secret(namespace, secret)
     return fuzz
@@ -304,4 +334,5 @@ def test_a_generated_llm_plan_is_failed_with_a_reason_or_run(fuzzed: Fuzzed) -> 
 
     one()
     fuzzed.operator_carried_on(starts)
+    fuzzed.nowhere(API_KEY)
     print("outcomes:", json.dumps(fuzzed.outcomes, indent=1, sort_keys=True))
