@@ -411,12 +411,20 @@ def faults_while(
 def operator_kill(run: Run, tasks: int, kills: int) -> Figures:
     figures = Figures("operator-kill", f"operator SIGKILLed {kills}x")
     workload = Workload(run, "operator-kill", tasks)
-    for _ in faults_while(workload, 0.95, kills, (1.0, 6.0)):
+    kill_working_operator(run, workload, figures, kills, (1.0, 6.0))
+    return count(run, workload, figures)
+
+
+def kill_working_operator(
+    run: Run, workload: Workload, figures: Figures, kills: int, gap: tuple[float, float]
+) -> None:
+    """SIGKILL the working operator `kills` times while the tasks run, each after a random
+    `gap` and once it wrote again after the last; then wait for every task to end."""
+    for _ in faults_while(workload, 0.95, kills, gap):
         killed = run.kill_operator(run.working_operator())
         figures.faults += 1
         figures.recoveries.append(_recovered(run, killed + STALE_WRITE_SECONDS) - killed)
     workload.wait_ended()
-    return count(run, workload, figures)
 
 
 def apiserver_restart(run: Run, tasks: int) -> Figures:
@@ -487,11 +495,7 @@ def failover(run: Run, tasks: int, kills: int) -> Figures:
     )
     figures = Figures("failover", f"2 peered replicas, the working one killed {kills}x")
     workload = Workload(run, "failover", tasks)
-    for _ in faults_while(workload, 0.9, kills, (3.0, 8.0)):
-        killed = run.kill_operator(run.working_operator())
-        figures.faults += 1
-        figures.recoveries.append(_recovered(run, killed + STALE_WRITE_SECONDS) - killed)
-    workload.wait_ended()
+    kill_working_operator(run, workload, figures, kills, (3.0, 8.0))
     return count(run, workload, figures)
 
 

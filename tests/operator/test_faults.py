@@ -226,15 +226,17 @@ def test_a_dropped_job_watch_resumes_and_events_still_arrive(
 # --- store outage ---------------------------------------------------------------------------
 
 
+def through(relay: Relay, dsn: str) -> str:
+    """The store's DSN by way of `relay`, which can cut the connection."""
+    relayed = make_url(dsn).set(host="127.0.0.1", port=relay.port)
+    return relayed.render_as_string(hide_password=False)
+
+
 @pytest.mark.store
 def test_a_store_outage_holds_the_task_then_it_resumes_without_rerunning(
     cluster: Emulated, relay: Relay, postgres_store_dsn: str
 ) -> None:
-    dsn = (
-        make_url(postgres_store_dsn)
-        .set(host="127.0.0.1", port=relay.port)
-        .render_as_string(hide_password=False)
-    )
+    dsn = through(relay, postgres_store_dsn)
     settings = OperatorSettings(
         dsn=dsn, metrics_port=0, store_retry_seconds=0.5, api_retry_seconds=0.5
     )
@@ -290,11 +292,7 @@ def test_tasks_backing_off_from_a_store_outage_do_not_wake_each_other(
     """A failed pass gives back the task's pool slot, which wakes the tasks queued for it;
     those fail and give theirs back too. Backing off means waiting out the delay: at most
     one look per task per delay (0.5 s doubling), not a ring of wakes between them."""
-    dsn = (
-        make_url(postgres_store_dsn)
-        .set(host="127.0.0.1", port=relay.port)
-        .render_as_string(hide_password=False)
-    )
+    dsn = through(relay, postgres_store_dsn)
     settings = OperatorSettings(
         dsn=dsn, metrics_port=0, store_retry_seconds=0.5, api_retry_seconds=0.5
     )
