@@ -150,18 +150,18 @@ class Observer:
         record: Callable[[dict[str, Any]], None],
     ) -> None:
         """Watch from the current state; after any error (the API server went away) again
-        from the current state, whose objects `record` has mostly seen already."""
+        from the current state, whose objects come again as ADDED."""
         while not self.stopped.is_set():
             try:
                 for event in stream.stream(lister, *args, timeout_seconds=60, **kwargs):
                     if event["type"] != "DELETED":
                         with self.lock:
-                            record(event["raw_object"])
+                            record(event["type"], event["raw_object"])
             except Exception:  # the server restarting, a dropped connection: look again
                 if self.stopped.wait(0.5):
                     return
 
-    def _pod(self, pod: dict[str, Any]) -> None:
+    def _pod(self, kind: str, pod: dict[str, Any]) -> None:
         labels = pod["metadata"].get("labels", {})
         key = (
             labels.get(LABEL_TASK_UID, ""),
@@ -175,20 +175,26 @@ class Observer:
             seen.started |= "running" in state or "terminated" in state or "terminated" in last
             seen.restarts = max(seen.restarts, status.get("restartCount", 0))
 
-    def _job(self, job: dict[str, Any]) -> None:
+    def _job(self, kind: str, job: dict[str, Any]) -> None:
+        """A new Job counts as a write at its creationTimestamp (whole seconds, so up to a
+        second early), not when a watch started again after an outage brings it."""
         uid = job["metadata"]["uid"]
         if uid not in self.jobs:
             self.jobs.add(uid)
-            self.writes.append(time.monotonic())
+            created = datetime.fromisoformat(job["metadata"]["creationTimestamp"])
+            age = max(time.time() - created.timestamp(), 0.0)
+            self.writes.append(time.monotonic() - age)
 
-    def _task(self, task: dict[str, Any]) -> None:
+    def _task(self, kind: str, task: dict[str, Any]) -> None:
+        """A change of a task's phase or steps, seen as it happens (MODIFIED; what a watch
+        started again brings as ADDED may have happened before the fault)."""
         status = task.get("status") or {}
         steps = {
             s.get("id"): [s.get(f) for f in STEP_DIGEST_FIELDS] for s in status.get("steps") or []
         }
         digest = json.dumps([status.get("phase"), steps], sort_keys=True)
         uid = task["metadata"]["uid"]
-        if self.tasks.get(uid, digest) != digest:
+        if kind == "MODIFIED" and self.tasks.get(uid, digest) != digest:
             self.writes.append(time.monotonic())
         self.tasks[uid] = digest
 
@@ -329,6 +335,7 @@ class Figures:
     faults: int = 0
     tasks: int = 0
     lost: int = 0
+    unretried: int = 0  # killed step attempts that did not fail and get retried
     run_twice: int = 0
     missing_checkpoints: int = 0
     duplicate_events: int = 0
@@ -344,6 +351,7 @@ class Figures:
             name
             for name, value in (
                 ("lost", self.lost),
+                ("killed attempts not retried", self.unretried),
                 ("run twice", self.run_twice),
                 ("missing checkpoints", self.missing_checkpoints),
                 ("duplicate events", self.duplicate_events),
@@ -431,7 +439,9 @@ def apiserver_restart(run: Run, tasks: int) -> Figures:
     figures = Figures("apiserver-restart", "API server restarted 2x (etcd kept)")
     workload = Workload(run, "apiserver-restart", tasks)
     for share in (0.2, 0.55):
-        wait_for(lambda s=share: workload.done() >= s, TASK_DEADLINE_SECONDS, f"{share:.0%} done")
+        wait_for(
+            lambda s=share: workload.done() >= s, TASK_DEADLINE_SECONDS, f"{share:.0%}", poll=1
+        )
         run.plane.restart_apiserver(down_seconds=2)
         back = time.monotonic()
         figures.faults += 1
@@ -443,7 +453,7 @@ def apiserver_restart(run: Run, tasks: int) -> Figures:
 def postgres_outage(run: Run, tasks: int) -> Figures:
     figures = Figures("postgres-outage", f"Postgres stopped {POSTGRES_DOWN_SECONDS} s")
     workload = Workload(run, "postgres-outage", tasks)
-    wait_for(lambda: workload.done() >= 0.2, TASK_DEADLINE_SECONDS, "a fifth of the tasks done")
+    wait_for(lambda: workload.done() >= 0.2, TASK_DEADLINE_SECONDS, "a fifth done", poll=1)
     run.postgres.stop()
     time.sleep(POSTGRES_DOWN_SECONDS)
     run.postgres.start()
@@ -464,7 +474,8 @@ def step_pod_kill(run: Run, tasks: int, kills: int) -> Figures:
         if not running:
             continue
         pod = run.random.choice(running)
-        with contextlib.suppress(ApiException, OSError, IndexError, ValueError):
+        # Gone or not started meanwhile (no container id yet): the next one, then.
+        with contextlib.suppress(ApiException, OSError, IndexError, ValueError, AttributeError):
             if number % 2:
                 run.core.delete_namespaced_pod(pod.name, workload.namespace, grace_period_seconds=0)
             else:
@@ -482,7 +493,7 @@ def step_pod_kill(run: Run, tasks: int, kills: int) -> Figures:
         f"of {len(killed)} killed attempts {retried} failed and were retried, "
         f"{done} had just succeeded"
     )
-    figures.lost += len(killed) - retried - done
+    figures.unretried = len(killed) - retried - done
     return count(run, workload, figures)
 
 
@@ -566,7 +577,12 @@ def count(run: Run, workload: Workload, figures: Figures) -> Figures:
         for step in (task.get("status") or {}).get("steps") or []:
             if step.get("phase") == "Succeeded" and (uid, step["id"]) not in checkpoints:
                 figures.missing_checkpoints += 1
-    events = run.core.list_namespaced_event(workload.namespace).items
+    # What the operator tells of tasks (not Kopf's own "Logging" lines about handlers).
+    events = [
+        e
+        for e in run.core.list_namespaced_event(workload.namespace).items
+        if e.involved_object.kind == "AgentTask" and e.reason != "Logging"
+    ]
     posted = Counter((e.involved_object.name, e.reason, e.message) for e in events)
     twice = [
         *(f"store event {kind} {step} #{attempt} x{n}" for kind, step, attempt, n in recorded),

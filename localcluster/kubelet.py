@@ -427,6 +427,8 @@ class LocalKubelet:
                 self._beat()
             except Exception as error:  # the API server away, mostly: beat again later
                 log.warning("node heartbeat failed: %s", _describe(error))
+                continue
+            self._resend()
 
     # --- pods -----------------------------------------------------------------------
 
@@ -474,20 +476,29 @@ class LocalKubelet:
             gone = [w for uid, w in self._workers.items() if uid not in present]
         for worker in gone:
             worker.terminate(0.0, gone=True)
+        with self._lock:
+            for uid in [uid for uid in self._unsent if uid not in present]:
+                del self._unsent[uid]
         for pod in pods:
             self._handle("ADDED", pod)
+        self._resend()
+
+    def _resend(self) -> None:
+        """Send again the statuses the API server missed (it was away), after a relist and
+        with every heartbeat, as a kubelet's status manager keeps the server in sync."""
+        with self._lock:
+            behind = [w for w in [*self._workers.values(), *self._unsent.values()] if w.unsent]
+        for worker in behind:
+            worker._publish()
+        with self._lock:
+            for uid in [uid for uid, w in self._unsent.items() if not w.unsent or w._gone]:
+                del self._unsent[uid]
 
     def _handle(self, kind: str, pod: dict[str, Any]) -> None:
         meta = pod["metadata"]
         uid = meta["uid"]
         with self._lock:
             worker = self._workers.get(uid)
-            behind = worker if worker is not None else self._unsent.get(uid)
-        if behind is not None and behind.unsent and kind != "DELETED":
-            behind._publish()  # as a kubelet's status manager: what the server missed, now
-        with self._lock:
-            if behind is not None and (not behind.unsent or kind == "DELETED"):
-                self._unsent.pop(uid, None)
             if worker is None and kind != "DELETED" and uid not in self._finished:
                 if pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
                     self._finished.add(uid)
@@ -1385,9 +1396,10 @@ class _PodWorker(threading.Thread):
                         break
                 except Exception as exc:  # the connection: worth another try
                     error = exc
-                time.sleep(0.5 * (attempt + 1))
-            self.unsent = True
+                self.unsent = True  # from now: a resend may find the server back before we do
+                if attempt + 1 < STATUS_ATTEMPTS:
+                    time.sleep(0.5 * (attempt + 1))
             log.warning(
-                "status of pod %s/%s not sent (again after the next relist): %s",
+                "status of pod %s/%s not sent (sent again later): %s",
                 self.namespace, self.pod_name, error,
             )  # fmt: skip

@@ -126,8 +126,9 @@ class Wakers:
     async def sleep(self, uid: str, seconds: float) -> None:
         """`seconds`, whatever wakes come meanwhile: the next pass observes what they were
         about anyway."""
+        waker = self._loops[uid]
         await asyncio.sleep(max(seconds, 0.0))
-        self._loops[uid].event.clear()
+        waker.event.clear()
 
     def running(self) -> int:
         """Task loops now running."""

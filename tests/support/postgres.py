@@ -31,7 +31,9 @@ class PostgresServer:
         return dsn
 
     def stop(self) -> None:
-        self._run("stop", timeout=120)
+        stopped = self._run("stop", timeout=120)
+        if stopped.returncode != 0:
+            raise RuntimeError(f"hack/postgres.sh could not stop PostgreSQL:\n{stopped.stderr}")
 
     def _run(self, action: str, timeout: float) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
