@@ -520,13 +520,17 @@ class LocalKubelet:
             self.delete_pod(meta["namespace"], meta["name"], uid)
 
     def delete_pod(self, namespace: str, name: str, uid: str) -> None:
-        """Delete with grace 0: gone at once, or once others' finalizers are removed."""
+        """Delete with grace 0: gone at once, or once others' finalizers are removed. If the
+        API server is away, the pod still shows its deletion after the next relist, which
+        deletes it again."""
         body = {"gracePeriodSeconds": 0, "preconditions": {"uid": uid}}
         try:
             self.api.call("DELETE", f"/api/v1/namespaces/{namespace}/pods/{name}", body)
         except ApiException as exc:
             if exc.status not in (404, 409):
                 log.warning("deleting pod %s/%s failed: %s", namespace, name, exc)
+        except Exception as exc:  # the connection: the server is away
+            log.warning("deleting pod %s/%s failed: %s", namespace, name, _describe(exc))
 
     def _done(self, worker: _PodWorker) -> None:
         with self._lock:
