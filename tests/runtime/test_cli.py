@@ -106,10 +106,10 @@ def test_tool_failure_exits_1_with_its_message(tmp_path: Path) -> None:
 def test_fail_with_attempts_fails_those_attempts_and_succeeds_on_a_later_one(
     tmp_path: Path,
 ) -> None:
-    flaky = {**STEP, "tool": "fail", "params": {"attempts": 2}}
-    codes = [run_step(tmp_path, {**flaky, "attempt": n}).code for n in (1, 2, 3)]
+    fails_twice = {**STEP, "tool": "fail", "params": {"attempts": 2}}
+    codes = [run_step(tmp_path, {**fails_twice, "attempt": n}).code for n in (1, 2, 3)]
     assert codes == [1, 1, 0]
-    assert run_step(tmp_path, {**flaky, "attempt": 3}).result["outputs"] == {"attempt": 3}
+    assert run_step(tmp_path, {**fails_twice, "attempt": 3}).result["outputs"] == {"attempt": 3}
 
 
 def test_a_tool_past_the_steps_timeout_reports_timed_out_with_its_partial_outputs(
