@@ -1,9 +1,13 @@
-"""One pass of a task, for both runners: observe, decide, record, act.
+"""One pass of a task, for both runners: observe, decide, prepare, record, act.
 
 The Kopf operator (`kube/reconciler.py`) and the embedded runner (`embedded.py`) are
 shells: each says how to observe its world and how to act on it (`Shell`). The order and
 the bookkeeping are here, once: the store is written in one transaction before any action
-is taken, so an action happens only once what led to it is recorded; errors are
+is taken, so an action happens only once what led to it is recorded. A step's attempt is
+prepared before that transaction (its Job made suspended) and let run after it: a runner
+killed in between finds either a prepared attempt it never recorded (adopted or removed)
+or a recorded one that is prepared (let run), never a recorded attempt with nothing
+made, which it could not tell from one that ran and vanished (lost). Errors are
 classified once (`Transient` and `StoreUnavailable`: back off and look again;
 `Permanent`: the task fails with a reason, through the core like every other end); and
 every pass ends in a typed `Outcome`.
@@ -21,9 +25,11 @@ from typing import Protocol
 from agent_contract import ToolRegistry
 from agent_operator.api import AgentPool, AgentPoolSpec, AgentTask, AgentTaskStatus
 from agent_operator.core.decide import (
+    Action,
     ApprovalView,
     Decision,
     Event,
+    LaunchStep,
     Observed,
     PlanWithLLM,
     RunState,
@@ -126,9 +132,14 @@ class Shell(Protocol):
 
     def plan(self, task: AgentTask, pool: AgentPool) -> PlanningResult: ...
 
+    def prepare(self, task: AgentTask, pool: AgentPool, decision: Decision) -> None:
+        """Make what the decision's `StartStep`s run without letting it run (a suspended
+        Job), so that once recorded it is found again whatever happens next; idempotent."""
+
     def act(self, task: AgentTask, pool: AgentPool | None, decision: Decision) -> None:
-        """Carry out the decision's actions; each is idempotent (made again after a
-        transient failure). `pool` is None when the task is failing without one."""
+        """Carry out the decision's actions (a `StartStep` lets its prepared attempt run);
+        each is idempotent (made again after a transient failure). `pool` is None when the
+        task is failing without one."""
 
     def settle(self, task: AgentTask) -> None:
         """The pass is over: slots set aside and not taken are given back."""
@@ -204,6 +215,7 @@ class Driver:
             if any(isinstance(a, PlanWithLLM) for a in decision.actions):  # no slot held
                 self.planning = self.shell.plan(task, pool)
                 return RequeueAt(datetime.now(UTC))
+            self.shell.prepare(task, pool, decision)  # before the record that names it
             recorded = self._record(task, decision)
             self._act(task, pool, decision)
         finally:
@@ -221,14 +233,20 @@ class Driver:
 
     def _act(self, task: AgentTask, pool: AgentPool | None, decision: Decision) -> None:
         """Act on a recorded decision. If acting fails (but for a Permanent failure, which
-        ends the task), the next pass makes the same actions again before anything else:
-        each is idempotent, and a recorded start must not be taken for a lost attempt."""
+        ends the task), the next pass makes the same actions again before anything else
+        (each is idempotent): a stop, say, of an attempt recorded as ended, which no later
+        decision asks for again. Not the starts and launches: a recorded attempt still
+        prepared is let run by the next decision, unless that one stops it (the task was
+        deleted meanwhile)."""
         try:
             self.shell.act(task, pool, decision)
         except Permanent:
             raise
         except Exception:
-            self._unacted = replace(decision, events=[])
+            again: list[Action] = [
+                a for a in decision.actions if not isinstance(a, StartStep | LaunchStep)
+            ]
+            self._unacted = replace(decision, actions=again, events=[])
             raise
 
     def _conclude(self, task: AgentTask, recorded: Recorded) -> Outcome:

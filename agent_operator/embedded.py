@@ -132,6 +132,12 @@ class EmbeddedRun:
             )
         )
 
+    def prepare(self, task: AgentTask, pool: AgentPool, decision: Decision) -> None:
+        """Nothing to prepare: a process cannot be made without running. A runner stopped
+        after recording an attempt and before starting its process leaves it lost (only
+        this runner knows its processes, so a restarted one cannot tell that from a
+        process that ran)."""
+
     def act(self, task: AgentTask, pool: AgentPool | None, decision: Decision) -> None:
         for action in decision.actions:
             if isinstance(action, StartStep):

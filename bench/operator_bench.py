@@ -10,9 +10,9 @@ Postgres (hack/postgres.sh), twice:
    process plays the Job controller and the kubelet);
 2. against the real control plane of the e2e tier (tests/e2e: the pinned binaries and the
    local kubelet, which runs each step's pod as an `agent-runtime` process):
-   - step hand-off, from a step's pod terminating to the next step's Job existing, both
+   - step hand-off, from a step's pod terminating to the next step's Job let run, both
      as seen by this process's watches, p50/p95, against the floor of the same API writes
-     made by a bare client (a Job created, then patched);
+     made by a bare client (a Job created suspended, then patched);
    - many tasks at once: `--tasks` tasks that each wait for an approval, the time until
      every ApprovalRequest exists, and the operator's resident memory and threads before
      and after.
@@ -198,10 +198,11 @@ def per_step_costs(dsn: str, work: Path, steps: int) -> StepCosts:
 
 
 class Sightings:
-    """When this process first saw each step's Job created and each step's pod terminated."""
+    """When this process first saw each step's Job let run (the operator makes it suspended,
+    then records the attempt, then lets it run) and each step's pod terminated."""
 
     def __init__(self, api: client.ApiClient) -> None:
-        self.job_created: dict[tuple[str, str], float] = {}
+        self.job_launched: dict[tuple[str, str], float] = {}
         self.pod_finished: dict[tuple[str, str], float] = {}
         self.stopped = False
         batch, core = client.BatchV1Api(api), client.CoreV1Api(api)
@@ -229,7 +230,8 @@ class Sightings:
         return labels[LABEL_TASK], labels[LABEL_STEP]
 
     def _job(self, job: Any) -> None:
-        self.job_created.setdefault(self._key(job), time.perf_counter())
+        if not (job.get("spec") or {}).get("suspend"):
+            self.job_launched.setdefault(self._key(job), time.perf_counter())
 
     def _pod(self, pod: Any) -> None:
         statuses = pod.get("status", {}).get("containerStatuses") or []
@@ -258,14 +260,15 @@ def task_phase(api: client.ApiClient, name: str) -> str | None:
 
 
 def handoffs(api: client.ApiClient, steps: int) -> list[float]:
-    """Seconds from each step's pod terminating to the next step's Job, in a chain task."""
+    """Seconds from each step's pod terminating to the next step's Job let run, in a chain
+    task."""
     sightings = Sightings(api)
     try:
         for name, count in (("warm-up", 2), ("chain", steps)):
             create(api, "agenttasks", name, {"steps": chain(count)})
             wait_for(lambda n=name: task_phase(api, n) == "Succeeded", 300, f"{name} to succeed")
         return [
-            sightings.job_created[("chain", f"s{i + 1}")]
+            sightings.job_launched[("chain", f"s{i + 1}")]
             - sightings.pod_finished[("chain", f"s{i}")]
             for i in range(steps - 1)
         ]
@@ -274,7 +277,8 @@ def handoffs(api: client.ApiClient, steps: int) -> list[float]:
 
 
 def floor(api: client.ApiClient, samples: int) -> list[float]:
-    """The API writes of a hand-off made by a bare client: a Job created, then patched."""
+    """The API writes of a hand-off made by a bare client: a Job created suspended, then
+    patched (as the operator prepares a step's Job, then lets it run)."""
     batch, times = client.BatchV1Api(api), []
     for i in range(samples):
         job = {

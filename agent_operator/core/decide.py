@@ -51,9 +51,13 @@ DEADLINE_GRACE_SECONDS = 30
 # The approver of an Approved request that names none: no admission policy recorded who set
 # the decision (the operator runs without its chart). The decision counts all the same.
 UNRECORDED_APPROVER = "(approver not recorded)"
+_Attempt = tuple[str, int]  # step id, attempt
 
 
 class RunState(StrEnum):
+    # Made, but not let run: the driver has an attempt's Job made suspended before it
+    # records the attempt, and lets it run after (see `driver.py`). Never recorded.
+    prepared = "Prepared"
     running = "Running"
     succeeded = "Succeeded"
     failed = "Failed"
@@ -139,6 +143,15 @@ class StartStep:
 
 
 @dataclass(frozen=True)
+class LaunchStep:
+    """Let a prepared attempt run: it is recorded, but the pass that recorded it ended
+    before letting it run (the operator was killed)."""
+
+    step_id: str
+    attempt: int
+
+
+@dataclass(frozen=True)
 class StopStep:
     step_id: str
     attempt: int
@@ -159,7 +172,7 @@ class ExpireApproval:
     step_id: str
 
 
-Action = PlanWithLLM | StartStep | StopStep | RequestApproval | ExpireApproval
+Action = PlanWithLLM | StartStep | LaunchStep | StopStep | RequestApproval | ExpireApproval
 
 
 class EventKind(StrEnum):
@@ -231,15 +244,18 @@ def backoff(base_seconds: float, failed_attempt: int) -> timedelta:
 
 
 def decide(observed: Observed) -> Decision:
-    runs, ended = merge_runs(observed.recorded, observed.live, observed.now)
+    live, prepared = _prepared(observed)
+    unrecorded = sum(1 for is_recorded in prepared.values() if not is_recorded)
+    if unrecorded and observed.free_slots is not None:
+        # Each holds a slot of the pool; the start that adopts it fills that slot.
+        observed = replace(observed, free_slots=observed.free_slots + unrecorded)
+    runs, ended = merge_runs(observed.recorded, live, observed.now)
     decision = _decide(observed, runs)
-    lingering = [
-        StopStep(r.step_id, r.attempt, r.reason or Reason.failed)
-        for r in observed.live
-        if r.lingering
+    actions = [
+        *decision.actions,
+        *(StopStep(r.step_id, r.attempt, r.reason or Reason.failed) for r in live if r.lingering),
     ]
-    if lingering:
-        decision = replace(decision, actions=[*decision.actions, *lingering])
+    decision = replace(decision, actions=[*actions, *_launch_or_discard(actions, prepared)])
     stopped = {
         (a.step_id, a.attempt): a.reason for a in decision.actions if isinstance(a, StopStep)
     }
@@ -249,6 +265,40 @@ def decide(observed: Observed) -> Decision:
             message = f"stopped by the operator: {reason}"
             ended.append(_ended(run, observed.now, reason, message))
     return replace(decision, finished=ended)
+
+
+def _prepared(observed: Observed) -> tuple[list[StepRun], dict[_Attempt, bool]]:
+    """The live runs, with a prepared attempt that is recorded counted as running from now
+    (it will run; its timeout counts once it does), and one that is not left out (it is
+    no attempt yet); and every prepared attempt, with whether it is recorded."""
+    recorded = {(r.step_id, r.attempt) for r in observed.recorded if r.finished_at is None}
+    live: list[StepRun] = []
+    prepared: dict[_Attempt, bool] = {}
+    for run in observed.live:
+        key = (run.step_id, run.attempt)
+        if run.state != RunState.prepared:
+            live.append(run)
+            continue
+        prepared[key] = key in recorded
+        if key in recorded:
+            live.append(replace(run, state=RunState.running, started_at=observed.now))
+    return live, prepared
+
+
+def _launch_or_discard(
+    actions: Sequence[Action], prepared: Mapping[_Attempt, bool]
+) -> list[Action]:
+    """A recorded prepared attempt is let run unless `actions` stop it; one that is not
+    recorded is removed unless `actions` start it (the start adopts it)."""
+    started = {(a.step_id, a.attempt) for a in actions if isinstance(a, StartStep)}
+    stopped = {(a.step_id, a.attempt) for a in actions if isinstance(a, StopStep)}
+    more: list[Action] = []
+    for key, is_recorded in prepared.items():
+        if is_recorded and key not in stopped:
+            more.append(LaunchStep(*key))
+        elif not is_recorded and key not in started:
+            more.append(StopStep(*key, Reason.unrecorded))
+    return more
 
 
 def merge_runs(

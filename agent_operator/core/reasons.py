@@ -51,6 +51,7 @@ class Reason(StrEnum):
     params_too_large = "ParamsTooLarge"  # substituted params over the step's limit
     timed_out = TIMED_OUT  # ran into its timeout (the runtime's word, or the operator's)
     lost = "Lost"  # started, then its Job or process vanished with no outcome recorded
+    unrecorded = "Unrecorded"  # its Job was made, but never recorded nor let run: removed
     evicted = "Evicted"  # its pod was evicted, preempted or drained
     pod_deleted = "PodDeleted"  # its pod was deleted while it ran
     image_unavailable = "ImageUnavailable"  # its pod's image cannot be found or pulled

@@ -50,6 +50,14 @@ class Cluster:
             )
         return dict(self.api.sanitize_for_serialization(created))
 
+    def patch_job(self, namespace: str, name: str, patch: Obj) -> Obj | None:
+        """The Job as patched, or None when it is gone."""
+        patched = _ignore_missing(
+            f"patch Job {namespace}/{name}",
+            lambda: self.batch.patch_namespaced_job(name, namespace, patch),
+        )
+        return None if patched is None else dict(self.api.sanitize_for_serialization(patched))
+
     def delete_job(self, namespace: str, name: str) -> None:
         _ignore_missing(
             f"delete Job {namespace}/{name}",

@@ -39,6 +39,11 @@ LABEL_POOL = "agentoperator.io/pool"
 # ValidatingAdmissionPolicy can refuse self-approval (a policy cannot read the task itself).
 ANNOTATION_CREATED_BY = "agentoperator.io/created-by"
 ANNOTATION_TASK_CREATED_BY = "agentoperator.io/task-created-by"
+# On a step Job made suspended, before its attempt is recorded; removed when it is let run
+# (`LAUNCH`). A Job suspended by anyone else is not taken for one that never ran.
+ANNOTATION_PREPARED = "agentoperator.io/prepared"
+# The patch that lets a prepared Job run.
+LAUNCH = {"metadata": {"annotations": {ANNOTATION_PREPARED: None}}, "spec": {"suspend": False}}
 # The operator's Job and Pod watches send this selector, so the server filters for them.
 MANAGED_SELECTOR = f"{MANAGED_BY[0]}={MANAGED_BY[1]}"
 
@@ -93,7 +98,7 @@ def approval_name(task_name: str, task_uid: str, step_id: str) -> str:
 
 
 def step_job(task: AgentTask, pool: AgentPool, start: StartStep) -> dict[str, Any]:
-    """The batch/v1 Job that runs one attempt of one step.
+    """The batch/v1 Job that runs one attempt of one step, made prepared (suspended).
 
     The pod holds no credential of the operator's: a result too large for the termination
     message comes back through the pod's log. Raises ValueError, naming the field, when the
@@ -146,6 +151,7 @@ def step_job(task: AgentTask, pool: AgentPool, start: StartStep) -> dict[str, An
             f'outside the "restricted" Pod Security Standard: {"; ".join(problems)}'
         )
     job_spec: dict[str, Any] = {
+        "suspend": True,  # prepared: `LAUNCH` lets it run once its attempt is recorded
         "backoffLimit": 0,  # a failed attempt is the operator's to retry, as a new Job
         "activeDeadlineSeconds": start.timeout_seconds + DEADLINE_GRACE_SECONDS,
         # A deleted or evicted pod counts as failed only once it has stopped, so the retry
@@ -161,6 +167,7 @@ def step_job(task: AgentTask, pool: AgentPool, start: StartStep) -> dict[str, An
             "name": job_name(task.metadata.name, _uid(task), start.step_id, start.attempt),
             "namespace": task.metadata.namespace,
             "labels": labels,
+            "annotations": {ANNOTATION_PREPARED: "true"},
             "ownerReferences": [_owner(task)],
         },
         "spec": job_spec,

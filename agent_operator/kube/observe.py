@@ -20,7 +20,12 @@ from agent_contract import StepResult, full_result
 from agent_operator.api import ApprovalPhase
 from agent_operator.core.decide import ApprovalView, RunState, StepRun
 from agent_operator.core.reasons import Reason, exit_code
-from agent_operator.kube.manifests import CONTAINER, LABEL_ATTEMPT, LABEL_STEP
+from agent_operator.kube.manifests import (
+    ANNOTATION_PREPARED,
+    CONTAINER,
+    LABEL_ATTEMPT,
+    LABEL_STEP,
+)
 from agent_operator.redact import redact_text
 
 __all__ = ["LoadResult", "approval_view", "run_from_job"]
@@ -50,7 +55,8 @@ class _Ending:
 def run_from_job(job: Obj, pod: Obj | None, load_result: LoadResult | None) -> StepRun:
     """The attempt a step Job runs, as decide() sees it.
 
-    The Job's conditions decide first; a pod that has ended decides while the Job
+    A Job still prepared (made suspended, not yet let run) has run nothing. The Job's
+    conditions decide first; a pod that has ended decides while the Job
     controller has yet to catch up. `load_result` reads a large result from the pod's log.
     """
     meta = job["metadata"]
@@ -62,6 +68,8 @@ def run_from_job(job: Obj, pod: Obj | None, load_result: LoadResult | None) -> S
         started_at=_started_at(job),
         job_name=meta["name"],
     )
+    if ANNOTATION_PREPARED in (meta.get("annotations") or {}):
+        return replace(run, state=RunState.prepared)
     status = _container_status(pod)
     terminated = (status.get("state") or {}).get("terminated")
     ending = _job_ending(job, pod, terminated) or _pod_ending(pod, terminated)

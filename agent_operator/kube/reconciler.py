@@ -38,11 +38,13 @@ from agent_operator.core.decide import (
     Event,
     EventKind,
     ExpireApproval,
+    LaunchStep,
     RequestApproval,
     StartStep,
     StepRun,
     StopStep,
 )
+from agent_operator.core.naming import job_name
 from agent_operator.core.patch import merge_patch
 from agent_operator.core.plan import PlanningResult
 from agent_operator.core.reasons import Reason
@@ -62,6 +64,7 @@ from agent_operator.kube.cluster import Cluster
 from agent_operator.kube.manifests import (
     LABEL_ATTEMPT,
     LABEL_STEP,
+    LAUNCH,
     approval_name,
     approval_request,
     step_job,
@@ -433,12 +436,33 @@ class KubeShell:
 
     # --- act ----------------------------------------------------------------------
 
+    def prepare(self, task: AgentTask, pool: AgentPool, decision: Decision) -> None:
+        key = (task.metadata.namespace, pool.metadata.name)
+        for start in decision.actions:
+            if not isinstance(start, StartStep):
+                continue
+            try:
+                job = step_job(task, pool, start)
+            except ValueError as error:  # the pool's template cannot make a safe pod
+                raise Permanent(Reason.invalid_pool_template, str(error)) from error
+            name = job["metadata"]["name"]
+            self.ctx.ledger.take(key, self.uid, [name])  # held while it is being made
+            try:
+                created = self.ctx.cluster.create_job(job)  # or adopted: a killed pass made it
+            except Exception:
+                # Nothing recorded: the next pass decides afresh, and must find the slot free.
+                # (Had the failed call made the Job, its watch event takes the slot again.)
+                self.ctx.ledger.release(key, [name])
+                raise
+            self.ctx.jobs.put(created)  # known now: the next pass must not think it lost
+
     def act(self, task: AgentTask, pool: AgentPool | None, decision: Decision) -> None:
         cluster, meta = self.ctx.cluster, task.metadata
         for action in decision.actions:
-            if isinstance(action, StartStep):
-                assert pool is not None  # a failing task starts nothing
-                self._start(task, pool, action, decision)
+            if isinstance(action, StartStep | LaunchStep):
+                self._launch(task, action.step_id, action.attempt)
+                if isinstance(action, StartStep):
+                    self._observe_handoff(task, action, decision)
             elif isinstance(action, StopStep):
                 for job in self.ctx.jobs.for_key(self.uid):
                     if _attempt_of(job) == (action.step_id, action.attempt):
@@ -454,18 +478,14 @@ class KubeShell:
             key = (meta.namespace, pool.metadata.name)
             self.ctx.ledger.wait(key, self.uid, len(decision.queued))
 
-    def _start(
-        self, task: AgentTask, pool: AgentPool, start: StartStep, decision: Decision
-    ) -> None:
-        try:
-            job = step_job(task, pool, start)
-        except ValueError as error:  # the pool's template cannot make a safe pod
-            raise Permanent(Reason.invalid_pool_template, str(error)) from error
-        key = (task.metadata.namespace, pool.metadata.name)
-        self.ctx.ledger.take(key, self.uid, [job["metadata"]["name"]])  # before: it may fail
-        created = self.ctx.cluster.create_job(job)
-        self.ctx.jobs.put(created)  # known now: the next pass must not think it lost
-        self._observe_handoff(task, start, decision)
+    def _launch(self, task: AgentTask, step_id: str, attempt: int) -> None:
+        """Let a prepared Job run. One gone meanwhile (deleted) stays gone: its attempt is
+        recorded, so the next pass counts it lost."""
+        meta = task.metadata
+        name = job_name(meta.name, self.uid, step_id, attempt)
+        launched = self.ctx.cluster.patch_job(meta.namespace, name, LAUNCH)
+        if launched is not None:
+            self.ctx.jobs.put(launched)  # the next pass must not launch it again
 
     def _observe_handoff(self, task: AgentTask, start: StartStep, decision: Decision) -> None:
         step = next((s for s in decision.status.plan or [] if s.id == start.step_id), None)

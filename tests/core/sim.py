@@ -12,6 +12,7 @@ from agent_operator.core.decide import (
     ApprovalView,
     Decision,
     ExpireApproval,
+    LaunchStep,
     Observed,
     PlanningResult,
     RequestApproval,
@@ -71,16 +72,25 @@ class World:
         for run in decision.finished:  # record, then act, as the shells do
             self.recorded[(run.step_id, run.attempt)] = run
         for action in decision.actions:
-            if isinstance(action, StartStep):
+            if isinstance(action, StartStep):  # prepared (or adopted), recorded, let run
                 key = (action.step_id, action.attempt)
-                assert key not in self.runs and key not in self.recorded, f"{key} started twice"
+                assert key not in self.recorded, f"{key} started twice"
+                found = self.runs.get(key)
+                assert found is None or found.state == RunState.prepared, f"{key} ran already"
                 self.started.append(action)
                 run = StepRun(action.step_id, action.attempt, RunState.running, self.now)
                 self.runs[key] = self.recorded[key] = run
+            elif isinstance(action, LaunchStep):
+                key = (action.step_id, action.attempt)
+                assert key in self.recorded and self.runs[key].state == RunState.prepared
+                self.runs[key] = replace(self.runs[key], state=RunState.running)
             elif isinstance(action, StopStep):
                 self.stopped.append(action)
-                self.finish(action.step_id, ok=False, attempt=action.attempt, message=action.reason)
                 key = (action.step_id, action.attempt)
+                if self.runs[key].state == RunState.prepared:  # made, never run: removed
+                    del self.runs[key]
+                    continue
+                self.finish(action.step_id, ok=False, attempt=action.attempt, message=action.reason)
                 self.runs[key] = replace(self.runs[key], lingering=False)  # its Job is gone
             elif isinstance(action, RequestApproval):
                 self.approvals[action.step_id] = ApprovalView(

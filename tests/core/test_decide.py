@@ -18,12 +18,14 @@ from agent_operator.core.decide import (
     DEADLINE_GRACE_SECONDS,
     UNRECORDED_APPROVER,
     EventKind,
+    LaunchStep,
     PlanningResult,
     PlanWithLLM,
     RequestApproval,
     RunState,
     ShellFailure,
     StartStep,
+    StepRun,
     StopStep,
     backoff,
 )
@@ -510,6 +512,70 @@ def test_a_started_attempt_whose_job_is_gone_is_lost_and_counts_as_a_failed_atte
     assert [(r.step_id, r.attempt, r.reason) for r in d.finished] == [("a", 1, "Lost")]
     assert (d.status.phase, d.status.reason) == (TaskPhase.failed, "StepFailed")
     assert "gone" in (d.status.message or "")
+
+
+def prepare(w: World, step_id: str, attempt: int = 1) -> None:
+    """The executor holds the attempt made but not let run (a suspended Job)."""
+    w.runs[(step_id, attempt)] = StepRun(step_id, attempt, RunState.prepared, w.now)
+
+
+def test_a_recorded_attempt_still_prepared_is_let_run_not_lost() -> None:
+    # Killed after recording attempt 1 and before letting its Job run.
+    w = world({"steps": [{"id": "a", **NOOP}]})
+    w.step()
+    prepare(w, "a")
+    d = w.step()
+    assert d.actions == [LaunchStep("a", 1)] and d.finished == []
+    assert w.phase_of("a") == "Running"
+    w.finish("a")
+    assert w.step().status.phase == TaskPhase.succeeded
+
+
+def test_an_unrecorded_prepared_attempt_is_adopted_by_the_start_that_made_it() -> None:
+    # Killed after making attempt 1's Job and before recording it: the next decision
+    # starts the same attempt, and the start adopts that Job.
+    w = world({"steps": [{"id": "a", **NOOP}]})
+    prepare(w, "a")
+    d = w.step()
+    assert started(d) == [("a", 1)]
+    assert [a for a in d.actions if not isinstance(a, StartStep)] == []
+
+
+def test_an_unrecorded_prepared_attempt_takes_the_slot_it_holds() -> None:
+    # The executor counts the prepared Job's slot as taken (free_slots 0): its own start
+    # fills that slot, rather than removing the Job and making it again.
+    w = world({"steps": [{"id": "a", **NOOP}, {"id": "b", **NOOP, "dependsOn": []}]}, free_slots=0)
+    prepare(w, "a")
+    d = w.step()
+    assert started(d) == [("a", 1)] and d.queued == ["b"]
+
+
+def test_a_prepared_attempt_the_decision_does_not_start_or_let_run_is_removed() -> None:
+    orphan = world({"steps": [{"id": "a", **NOOP}]})
+    prepare(orphan, "a")  # not recorded
+    orphan.failure = ShellFailure(Reason.pool_not_found, "no pool")
+    d = orphan.step()
+    assert d.actions == [StopStep("a", 1, Reason.unrecorded)] and d.finished == []
+    assert orphan.runs == {}
+
+    recorded = world({"steps": [{"id": "a", **NOOP}]})
+    recorded.step()
+    prepare(recorded, "a")  # recorded: it would be let run, but the task fails first
+    recorded.failure = ShellFailure(Reason.pool_not_found, "no pool")
+    d = recorded.step()
+    assert d.actions == [StopStep("a", 1, Reason.task_failed)]
+    assert [(r.step_id, r.reason) for r in d.finished] == [("a", Reason.task_failed)]
+
+
+def test_a_recorded_prepared_attempt_does_not_time_out_before_it_runs() -> None:
+    # The operator was away longer than the step's timeout after recording the attempt:
+    # its timeout counts from when it is let run, not from the record.
+    w = world({"steps": [{"id": "a", **NOOP, "timeoutSeconds": 60}]})
+    w.step()
+    prepare(w, "a")
+    w.advance(120 + DEADLINE_GRACE_SECONDS)
+    d = w.step()
+    assert d.actions == [LaunchStep("a", 1)] and d.finished == []
 
 
 def test_a_lost_attempt_is_retried_as_the_next_attempt_when_retries_allow() -> None:

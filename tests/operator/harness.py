@@ -264,8 +264,13 @@ class Emulated:
         ]
 
     def finish_job(self, job: dict[str, Any], result: dict[str, Any], exit_code: int = 0) -> None:
-        """Play the kubelet and the Job controller: a pod with the result, then the condition."""
+        """Play the kubelet and the Job controller: once the operator has let the Job run
+        (it makes every Job suspended, prepared), a pod with the result, then the condition."""
         meta = job["metadata"]
+        eventually(
+            lambda: not self.batch.read_namespaced_job(meta["name"], NS).spec.suspend,
+            what=f"the operator to let Job {meta['name']} run",
+        )
         labels = {**job["spec"]["template"]["metadata"]["labels"], "job-name": meta["name"]}
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         pod = {
@@ -429,12 +434,13 @@ def step_jobs(cluster: Emulated, step: str, task: str | None = None) -> list[dic
 def wait_job(
     cluster: Emulated, step: str, attempt: int = 1, task: str | None = None
 ) -> dict[str, Any]:
-    """The Job of one attempt of a step, once the operator has created it."""
+    """The Job of one attempt of a step, once the operator has let it run (it makes each
+    Job prepared, suspended, before it records the attempt)."""
 
     def find() -> dict[str, Any] | None:
         for job in step_jobs(cluster, step, task):
             if job["metadata"]["labels"]["agentoperator.io/attempt"] == str(attempt):
-                return job
+                return None if job["spec"].get("suspend") else job
         return None
 
     found: dict[str, Any] = eventually(find, what=f"the Job of {task or ''}/{step}/{attempt}")

@@ -6,7 +6,9 @@ Each test still drives a task to its end and checks that no step ran twice.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -15,7 +17,10 @@ from kmock import Request, action, subresource
 from prometheus_client import REGISTRY
 from sqlalchemy import make_url
 
+from agent_operator.api import AgentPool, AgentTask
+from agent_operator.core.decide import StartStep
 from agent_operator.core.naming import job_name
+from agent_operator.kube.manifests import step_job
 from agent_operator.kube.reconciler import OperatorContext
 from agent_operator.kube.settings import OperatorSettings
 from agent_operator.store import Store
@@ -31,6 +36,7 @@ from .harness import (
     conditions,
     eventually,
     one_job_per_step,
+    pool,
     running_operator,
     step_jobs,
     succeeded,
@@ -258,10 +264,10 @@ def test_a_store_outage_holds_the_task_then_it_resumes_without_rerunning(
         assert down["phase"] == "Running"
         assert conditions(down)["Ready"]["reason"] == "StoreUnavailable"
         assert "checkpoint store" in down["message"]
-        # Several looks while the store is down, and still no second step.
+        # Several looks while the store is down, and still no second step: at most its Job
+        # prepared (made suspended before the record that fails), never let run.
         eventually(lambda: api_errors("store") >= before + 3, what="retries while down")
-        assert step_jobs(cluster, "two") == []
-        assert set(cluster.job_creations()) == {first["metadata"]["name"]}
+        assert all(j["spec"]["suspend"] for j in step_jobs(cluster, "two"))
 
         relay.restore()
         second = wait_job(cluster, "two", task="outage")
@@ -313,3 +319,111 @@ def test_tasks_backing_off_from_a_store_outage_do_not_wake_each_other(
         time.sleep(3)  # with 0.5 s doubling: a look at 0.5, 1.5 and 3.5 s at most, each
         assert api_errors("store") - looked <= 3 * len(tasks)
         relay.restore()
+
+
+# --- the operator stops between two writes -----------------------------------------------
+#
+# A step's Job is made suspended (prepared) before its attempt is recorded, and let run
+# after. An operator stopped at any point of that (as when it is killed) leaves a state the
+# next one finishes: nothing made, a prepared Job never recorded, or a recorded attempt
+# whose Job is still prepared. Never a recorded attempt with no Job, which a restart could
+# not tell from one that ran and vanished (lost).
+
+
+def refusing_until_cleared(cluster: Emulated, match: Callable[[Request], bool]) -> Any:
+    """Refuse what `match`es until the returned event is cleared; the refused requests."""
+    refusing = threading.Event()
+    refusing.set()
+    refused = cluster.refuse(lambda r: refusing.is_set() and match(r), 500, times=1000)
+    return refusing, refused
+
+
+def job_creation(request: Request) -> bool:
+    return request.resource == JOBS and request.action == action.CREATE
+
+
+def job_launch(request: Request) -> bool:
+    return request.resource == JOBS and str(request.method.value).upper() == "PATCH"
+
+
+def attempts_of(dsn: str, uid: str) -> list[tuple[str, int, str]]:
+    with Store.open(dsn) as store:
+        return sorted((a.step_id, a.attempt, a.phase) for a in store.attempts(uid))
+
+
+def test_an_operator_stopped_before_making_a_job_makes_it_once_after(
+    cluster: Emulated, settings: OperatorSettings, dsn: str
+) -> None:
+    # Every Job creation fails until the operator is gone. Before the Job was prepared
+    # first, the attempt was recorded by then, and the next operator took it for lost.
+    refusing, refused = refusing_until_cleared(cluster, job_creation)
+    with running_operator(settings):
+        cluster.create("agenttasks", agent_task("interrupted", CHAIN))
+        eventually(lambda: len(refused) >= 1, what="the Job's creation to fail")
+    refusing.clear()
+    assert cluster.jobs() == [] and attempts_of(dsn, "uid-interrupted") == []
+
+    with running_operator(settings):
+        final = run_chain(cluster, "interrupted")
+
+    assert final["outputs"] == {"two": {"m": 1}}
+    one_job_per_step(cluster)
+    assert attempts_of(dsn, "uid-interrupted") == [("one", 1, "Succeeded"), ("two", 1, "Succeeded")]
+
+
+def test_an_operator_stopped_before_letting_a_recorded_job_run_lets_it_run_after(
+    cluster: Emulated, settings: OperatorSettings, dsn: str
+) -> None:
+    refusing, refused = refusing_until_cleared(cluster, job_launch)
+    with running_operator(settings):
+        cluster.create("agenttasks", agent_task("held", CHAIN))
+        eventually(lambda: len(refused) >= 1, what="the Job's launch to fail")
+    refusing.clear()
+    [prepared] = cluster.jobs()
+    assert prepared["spec"]["suspend"] is True
+    assert attempts_of(dsn, "uid-held") == [("one", 1, "Running")]
+
+    with running_operator(settings):
+        final = run_chain(cluster, "held")
+
+    assert final["outputs"] == {"two": {"m": 1}}
+    one_job_per_step(cluster)
+    assert attempts_of(dsn, "uid-held") == [("one", 1, "Succeeded"), ("two", 1, "Succeeded")]
+
+
+def test_a_prepared_job_never_recorded_is_adopted_in_the_slot_it_holds(
+    cluster: Emulated, settings: OperatorSettings, dsn: str
+) -> None:
+    # The last operator made step one's Job and was killed before recording it; the pool
+    # has one slot, which that Job holds. The start adopts it: not removed and made again.
+    cluster.create("agentpools", pool("single", replicas=1))
+    task = agent_task("orphan", {**CHAIN, "poolRef": {"name": "single"}})
+    job = step_job(
+        AgentTask.model_validate(task),
+        AgentPool.model_validate(pool("single", replicas=1)),
+        StartStep("one", 1, "noop", {"outputs": {"n": 1}}, 600, False, None),
+    )
+    cluster.store_silently(JOBS, job)
+    with running_operator(settings):
+        cluster.create("agenttasks", task)
+        final = run_chain(cluster, "orphan")
+
+    assert final["outputs"] == {"two": {"m": 1}}
+    one_job_per_step(cluster)  # made once: the creation that met it was answered 409
+    assert cluster.job_creations().count(job["metadata"]["name"]) == 1
+    assert attempts_of(dsn, "uid-orphan") == [("one", 1, "Succeeded"), ("two", 1, "Succeeded")]
+
+
+def test_a_job_creation_that_failed_gives_its_pool_slot_back(
+    cluster: Emulated, settings: OperatorSettings
+) -> None:
+    # With one slot, a slot kept by a creation that failed (and recorded nothing) would
+    # leave the task, and every other task of the pool, waiting for capacity for good.
+    cluster.create("agentpools", pool("single", replicas=1))
+    refused = cluster.refuse(job_creation, 500, times=1)
+    task = agent_task("retried", {**CHAIN, "poolRef": {"name": "single"}})
+    with running_operator(settings):
+        cluster.create("agenttasks", task)
+        final = run_chain(cluster, "retried")
+    assert len(refused) == 1 and final["outputs"] == {"two": {"m": 1}}
+    one_job_per_step(cluster)

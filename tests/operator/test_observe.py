@@ -13,7 +13,7 @@ from agent_contract import Usage
 from agent_operator.api import AgentPool, AgentTask, ApprovalPhase
 from agent_operator.core.decide import RunState, StartStep
 from agent_operator.core.reasons import Reason
-from agent_operator.kube.manifests import step_job
+from agent_operator.kube.manifests import ANNOTATION_PREPARED, step_job
 from agent_operator.kube.observe import TAIL_CHARS, approval_view, run_from_job
 
 UID = "0b7c5a8e-4f1d-4c3e-9a57-2d1e6f8b9c10"
@@ -50,8 +50,9 @@ def condition(kind: str, reason: str = "", message: str = "", at: str = FINISHED
 def job(
     *conditions: dict[str, Any], completion: str | None = None, **status: Any
 ) -> dict[str, Any]:
-    """The Job the operator created, as the API server returns it later."""
+    """The Job the operator created and let run, as the API server returns it later."""
     body = copy.deepcopy(CREATED_JOB)
+    del body["metadata"]["annotations"][ANNOTATION_PREPARED]
     controller = {"batch.kubernetes.io/controller-uid": JOB_UID, "controller-uid": JOB_UID}
     body["metadata"] |= {
         "uid": JOB_UID,
@@ -168,6 +169,16 @@ BACKOFF = condition("Failed", "BackoffLimitExceeded", "Job has reached the speci
 
 
 # --- succeeded ------------------------------------------------------------------
+
+
+def test_a_prepared_job_has_run_nothing_and_one_suspended_by_someone_else_is_not_prepared() -> None:
+    prepared = run_from_job(CREATED_JOB, None, no_log)
+    assert prepared.state == RunState.prepared and prepared.attempt == 2
+    # Suspended by a person after it ran: its attempt runs as far as the operator knows
+    # (letting it run again could run the step twice).
+    later = job()
+    later["spec"]["suspend"] = True
+    assert run_from_job(later, None, no_log).state == RunState.running
 
 
 def test_a_complete_job_reports_the_steps_outputs_and_usage() -> None:
@@ -469,6 +480,7 @@ def test_start_time_falls_back_to_creation_and_is_utc() -> None:
 
 def test_an_emulated_job_without_times_starts_now() -> None:
     bare = copy.deepcopy(CREATED_JOB)  # what an emulator without timestamps hands back
+    del bare["metadata"]["annotations"][ANNOTATION_PREPARED]  # let run
     before = datetime.now(UTC)
     run = run_from_job(bare, None, None)
     assert before <= run.started_at <= datetime.now(UTC)

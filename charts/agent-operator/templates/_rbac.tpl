@@ -31,10 +31,11 @@ cluster, by a Role in each watched namespace otherwise.
 - apiGroups: [agentoperator.io]
   resources: [agentpools/status]
   verbs: [patch]
-# Step Jobs: created and deleted; Jobs and their pods listed and watched by label.
+# Step Jobs: created suspended, let run (patch), deleted; Jobs and their pods listed and
+# watched by label.
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [list, watch, create, delete]
+  verbs: [list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch]
