@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
 
 from agent_contract import MAX_RESULT_BYTES
 from agent_operator.api import GROUP, VERSION
@@ -168,6 +169,19 @@ def _call(what: str, call: Callable[[], T]) -> T:
         raise Permanent(Reason.request_refused, f"the API server refused to {detail}") from error
     except urllib3.exceptions.HTTPError as error:  # refused, reset, timed out
         raise Transient(f"{what}: {error}") from error
+    except ValidationError as error:  # the client checks a body before sending it
+        raise Permanent(
+            Reason.request_refused, f"the kubernetes client refused to {what}: {_problems(error)}"
+        ) from error
+
+
+def _problems(error: ValidationError) -> str:
+    """Each invalid field of a request body as `path: problem` (the path into the object,
+    without the client's argument position)."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in problem['loc'][1:])}: {problem['msg']}"
+        for problem in error.errors()[:3]
+    )
 
 
 def _server_message(error: ApiException) -> str:

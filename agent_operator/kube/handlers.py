@@ -24,6 +24,7 @@ from agent_operator.kube.manifests import (
     LABEL_POOL,
     LABEL_TASK_UID,
     MANAGED_SELECTOR,
+    approval_name,
     pool_selector,
 )
 from agent_operator.kube.reconciler import (
@@ -261,8 +262,15 @@ def record_decision(
     memo: kopf.Memo,
     **_: Any,
 ) -> None:
-    """A person decided: the outcome goes to the request's status, an event and the task."""
+    """A person decided: the outcome goes to the request's status, an event and the task.
+    A request this operator did not make (another name for the step) decides nothing, so
+    nothing of it is told either."""
     if new not in (ApprovalPhase.approved.value, ApprovalPhase.rejected.value):
+        return
+    spec = body.get("spec", {})
+    ref = spec.get("taskRef") or {}
+    made = approval_name(ref.get("name", ""), ref.get("uid") or ref.get("name", ""), spec["stepId"])
+    if meta.get("name") != made:
         return
     if status.get("phase", ApprovalPhase.pending.value) != ApprovalPhase.pending.value:
         return  # decided (or expired) before: a decision cannot be changed

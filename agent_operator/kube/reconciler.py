@@ -397,10 +397,15 @@ class KubeShell:
         return runs
 
     def observe_approvals(self, task: AgentTask) -> Mapping[str, ApprovalView]:
+        """The requests this operator made for the task's steps: one made by anyone else
+        (with the task's label, for a step of it, decided already) decides nothing."""
         views = {}
         for body in self._approvals(self.uid):
             view = approval_view(_plain(body))
-            views[view.step_id] = view
+            if body["metadata"]["name"] == approval_name(
+                task.metadata.name, self.uid, view.step_id
+            ):
+                views[view.step_id] = view
         return views
 
     def free_slots(self, task: AgentTask, pool: AgentPool) -> int | None:

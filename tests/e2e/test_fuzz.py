@@ -1,5 +1,5 @@
-"""Hostile input (issue 11): generated AgentTasks and LLM plans against the real API server
-and the running operator.
+"""Hostile input (issue 11): generated AgentTasks, AgentPools, decisions on ApprovalRequests
+and LLM plans against the real API server and the running operator.
 
 Every generated input ends in exactly one of three ways: the API server refuses it with a
 message naming a field under `spec`; the operator accepts it and ends it Failed with a reason
@@ -52,8 +52,15 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 SETTLE_SECONDS = 90  # the longest a generated task may take to end or to wait for a person
-# A plan refused before anything ran: no Job may exist for such a task.
-REFUSED_PLAN = {"InvalidPlan", "NoModel", "PlanningFailed", "InvalidSpec", "PoolNotFound"}
+# A plan or pool refused before anything ran: no Job may exist for such a task.
+REFUSED_PLAN = {
+    "InvalidPlan",
+    "NoModel",
+    "PlanningFailed",
+    "InvalidSpec",
+    "PoolNotFound",
+    "InvalidPoolTemplate",
+}
 
 # Strings that have broken parsers, templates, shells and SQL elsewhere.
 HOSTILE = [
@@ -168,6 +175,73 @@ def task_specs(draw: st.DrawFn) -> dict[str, Any]:
     return spec
 
 
+SECURITY_CONTEXTS = [
+    {},
+    {"privileged": True},
+    {"runAsUser": 0},
+    {"runAsNonRoot": False},
+    {"allowPrivilegeEscalation": True},
+    {"capabilities": {"add": ["SYS_ADMIN"]}},
+    {"readOnlyRootFilesystem": False},
+    {"runAsUser": "root"},
+]
+RESOURCES = [
+    {"limits": {"memory": "256Mi"}},
+    {"limits": {"cpu": "lots"}},
+    {"requests": {"memory": "-1Gi"}},
+    {"limits": "none"},
+]
+
+
+@st.composite
+def pool_specs(draw: st.DrawFn) -> dict[str, Any]:
+    """AgentPools whose template, tools and capacity are anything: what the CRD's schema,
+    the operator's pod rules or the API server's Job validation must refuse, or valid."""
+    images = [RUNTIME_IMAGE, RUNTIME_IMAGE, RUNTIME_IMAGE, "no-such:image", "", "UPPER/Case"]
+    template: dict[str, Any] = {"image": draw(st.sampled_from(images))}
+    if draw(st.booleans()):
+        template["securityContext"] = draw(st.sampled_from(SECURITY_CONTEXTS))
+    if draw(st.booleans()):
+        names = st.one_of(st.sampled_from(["AGENT_STEP", "PATH", "LANG"]), hostile_text)
+        env = st.fixed_dictionaries({"name": names, "value": hostile_text})
+        template["env"] = draw(st.lists(env, max_size=2))
+    if draw(st.booleans()):
+        template["resources"] = draw(st.sampled_from(RESOURCES))
+    if draw(st.booleans()):
+        template["serviceAccountName"] = draw(st.one_of(st.just("default"), hostile_text))
+    if draw(st.booleans()):
+        template["nodeSelector"] = draw(st.dictionaries(hostile_text, hostile_text, max_size=2))
+    if draw(st.booleans()):
+        template["imagePullPolicy"] = draw(st.sampled_from(["Never", "Always", "Sometimes", ""]))
+    if draw(st.booleans()):
+        template["ttlSecondsAfterFinished"] = draw(st.integers(-1, 5))
+    spec: dict[str, Any] = {"replicas": draw(st.integers(-1, 3)), "template": template}
+    if draw(st.booleans()):
+        spec["tools"] = draw(st.lists(tools, max_size=3))
+    if draw(st.booleans()):
+        spec["capabilities"] = draw(st.lists(hostile_text, max_size=2))
+    if draw(st.booleans()):
+        spec["allowedHosts"] = draw(st.lists(hostile_text, max_size=2))
+    return spec
+
+
+# What a person (or a forger) may write into an ApprovalRequest's spec: a decision in any
+# spelling, a reason of any size, a claimed approver, and changes to what is approved.
+decisions = st.sampled_from(["Approved", "Rejected", "Approved", "approved", "Maybe", "", None])
+approval_patches = st.fixed_dictionaries(
+    {"decision": decisions},
+    optional={
+        "reason": st.one_of(hostile_text, st.just("r" * 100_000)),
+        "decidedBy": hostile_text,
+        "tool": st.sampled_from(["shell", "noop"]),
+        "stepId": st.sampled_from(["b", "a"]),
+        "params": st.dictionaries(hostile_text, json_values, max_size=2),
+        "risk": st.just({"level": "low", "reasons": []}),
+        "expiresAt": st.sampled_from(["2000-01-01T00:00:00Z", "never"]),
+    },
+)
+
+
 # --- one input, one outcome -------------------------------------------------------------------
 
 
@@ -185,7 +259,11 @@ class Fuzzed:
 
     def create(self, plural: str, name: str, spec: dict[str, Any]) -> dict[str, Any] | None:
         """The created object, or None when the API server refused it (naming a field)."""
-        kind = {"agenttasks": "AgentTask", "agentpools": "AgentPool"}[plural]
+        kind = {
+            "agenttasks": "AgentTask",
+            "agentpools": "AgentPool",
+            "approvalrequests": "ApprovalRequest",
+        }[plural]
         body = {
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": kind,
@@ -198,12 +276,22 @@ class Fuzzed:
             )
             return created
         except ApiException as refused:
-            assert refused.status in (400, 422), (refused.status, refused.body)
-            message = json.loads(refused.body)["message"]
-            assert "spec" in message, message  # it names the field it refuses
-            assert not TRACEBACK.search(message), message
-            self.count("refused by the API server")
+            self.refused(refused)
             return None
+
+    def refused(self, refused: ApiException) -> None:
+        """The API server refused a write, naming the field, with no traceback."""
+        assert refused.status in (400, 422), (refused.status, refused.body)
+        message = json.loads(refused.body)["message"]
+        assert "spec" in message, message  # it names the field it refuses
+        assert not TRACEBACK.search(message), message
+        self.count("refused by the API server")
+
+    def approval(self, name: str) -> dict[str, Any]:
+        found: dict[str, Any] = self.custom.get_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, "approvalrequests", name
+        )
+        return found
 
     def count(self, outcome: str) -> None:
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
@@ -220,6 +308,8 @@ class Fuzzed:
                 return task
             if status.get("reason") == "WaitingForApproval":
                 return task
+            if any(s.get("reason") == "WaitingForCapacity" for s in status.get("steps", [])):
+                return task  # a pool of 0 replicas: queued, and saying so
             return None
 
         found: dict[str, Any] = eventually(settled, SETTLE_SECONDS, f"task {name} to settle")
@@ -299,6 +389,112 @@ def test_a_generated_task_is_refused_failed_with_a_reason_or_run(fuzzed: Fuzzed)
         name = next(fuzzed.names)
         if fuzzed.create("agenttasks", name, spec) is not None:
             fuzzed.check(fuzzed.settle(name))
+
+    one()
+    fuzzed.operator_carried_on(starts)
+    print("outcomes:", json.dumps(fuzzed.outcomes, indent=1, sort_keys=True))
+
+
+def test_a_generated_pool_is_refused_failed_with_a_reason_or_run(fuzzed: Fuzzed) -> None:
+    """A task of one harmless step in a generated pool: the pool is refused by the API
+    server, or the task fails with a reason (no Job when the pool's template is unsafe),
+    waits for capacity saying so, or runs."""
+    starts = fuzzed.operator.starts
+
+    @FUZZ
+    @given(pool=pool_specs())
+    def one(pool: dict[str, Any]) -> None:
+        name = next(fuzzed.names)
+        if fuzzed.create("agentpools", name, pool) is None:
+            return
+        step = {"id": "a", "tool": "noop", "timeoutSeconds": 10}
+        spec = {"poolRef": {"name": name}, "steps": [step]}
+        assert fuzzed.create("agenttasks", name, spec) is not None
+        fuzzed.check(fuzzed.settle(name))
+        fuzzed.custom.delete_namespaced_custom_object(
+            GROUP, VERSION, fuzzed.namespace, "agentpools", name
+        )
+
+    one()
+    fuzzed.operator_carried_on(starts)
+    print("outcomes:", json.dumps(fuzzed.outcomes, indent=1, sort_keys=True))
+
+
+def test_a_generated_decision_is_refused_or_decides_the_step(fuzzed: Fuzzed) -> None:
+    """A step waits for a person; a generated patch of its ApprovalRequest's spec is refused
+    by the API server (a decision in another spelling, a change to what is approved), or it
+    decides the step: approved, it runs; rejected, the task fails saying so, and the step
+    never ran. A request made by someone else for the same step, already approved, decides
+    nothing (an undecided example ends rejected, so that would show as a Job)."""
+    starts = fuzzed.operator.starts
+
+    @FUZZ
+    @given(patch=approval_patches, forge=st.booleans())
+    def one(patch: dict[str, Any], forge: bool) -> None:
+        name = next(fuzzed.names)
+        spec = {
+            "poolRef": {"name": "default"},
+            "steps": [{"id": "a", "tool": "noop"}],
+            "safety": {"requireApprovalFor": ["noop"]},
+        }
+        assert fuzzed.create("agenttasks", name, spec) is not None
+        waiting = fuzzed.settle(name)
+        assert waiting["status"]["reason"] == "WaitingForApproval", waiting["status"]
+        [request] = fuzzed.custom.list_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            fuzzed.namespace,
+            "approvalrequests",
+            label_selector=f"{TASK_UID}={waiting['metadata']['uid']}",
+        )["items"]
+        if forge:
+            forged = {**request["spec"], "decision": "Approved", "decidedBy": "mallory"}
+            made = fuzzed.create("approvalrequests", f"{name}-forged", forged)
+            assert made is not None
+        try:
+            fuzzed.custom.patch_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                fuzzed.namespace,
+                "approvalrequests",
+                request["metadata"]["name"],
+                {"spec": patch},
+            )
+        except ApiException as refused:
+            fuzzed.refused(refused)
+            patch = {"decision": None}
+        if forge:  # the operator has seen the forged request (and woken the task)
+            eventually(
+                lambda: fuzzed.approval(f"{name}-forged").get("status", {}).get("phase"),
+                SETTLE_SECONDS,
+                "the forged request's decision to be mirrored",
+            )
+        if patch.get("decision") not in ("Approved", "Rejected"):  # nothing decided yet
+            assert fuzzed.settle(name)["status"]["reason"] == "WaitingForApproval"
+            patch = {"decision": "Rejected", "reason": "to end the example"}
+            fuzzed.custom.patch_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                fuzzed.namespace,
+                "approvalrequests",
+                request["metadata"]["name"],
+                {"spec": patch},
+            )
+        ended = eventually(
+            lambda: (t := fuzzed.settle(name))["status"]["phase"] in ("Succeeded", "Failed") and t,
+            SETTLE_SECONDS,
+            f"task {name} to end after its decision",
+        )
+        expected = {"Approved": "Succeeded", "Rejected": "Failed"}[patch["decision"]]
+        assert ended["status"]["phase"] == expected, ended["status"]
+        if expected == "Failed":  # the step never ran, whatever else approved it
+            assert ended["status"]["reason"] == "ApprovalRejected", ended["status"]
+            uid = ended["metadata"]["uid"]
+            jobs = fuzzed.batch.list_namespaced_job(
+                fuzzed.namespace, label_selector=f"{TASK_UID}={uid}"
+            )
+            assert jobs.items == [], "a Job for a rejected step"
+        fuzzed.check(ended)
 
     one()
     fuzzed.operator_carried_on(starts)

@@ -113,6 +113,25 @@ def test_a_refused_job_creation_fails_the_task_with_the_servers_message(
     assert kinds.count("task_finished") == 1
 
 
+def test_a_job_the_client_refuses_to_send_fails_the_task_naming_the_field(
+    cluster: Emulated, operator: kopf.Memo
+) -> None:
+    # Found by the pool fuzz: the pool's template is free-form where a Pod is not, and the
+    # kubernetes client checks a Job before sending it. Before, that was an unexpected error
+    # (a traceback in the log) on every pass, and the task never ended.
+    cluster.create(
+        "agentpools", pool("stringly", template={"securityContext": {"runAsUser": "root"}})
+    )
+    cluster.create(
+        "agenttasks", agent_task("stringly", {**ONE_STEP, "poolRef": {"name": "stringly"}})
+    )
+
+    status = wait_phase(cluster, "stringly", "Failed")
+    assert status["reason"] == "RequestRefused"
+    assert "securityContext.runAsUser: Input should be a valid integer" in status["message"]
+    assert cluster.jobs() == [] and cluster.job_creations() == []
+
+
 # --- 9.2: no pass failure ends a task's loop ---------------------------------------------------
 
 

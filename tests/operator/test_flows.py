@@ -149,6 +149,46 @@ def test_a_rejected_step_fails_the_task_without_running(
     assert approval_of(cluster, "drop")["status"]["phase"] == "Rejected"
 
 
+def made_by_hand(cluster: Emulated) -> dict[str, Any]:
+    return next(a for a in approvals(cluster) if a["metadata"]["name"] == "forged-deploy")
+
+
+def test_an_approval_request_made_by_someone_else_decides_nothing(
+    cluster: Emulated, operator: kopf.Memo
+) -> None:
+    # Someone allowed to create ApprovalRequests (the chart lets only the operator) makes
+    # one for the waiting step, approved already. Only the request the operator made for
+    # the step decides it.
+    cluster.create("agenttasks", gated("forged", {"id": "deploy", "tool": "noop"}))
+    request = approval_of(cluster, "deploy")
+    forged = {
+        "apiVersion": request["apiVersion"],
+        "kind": "ApprovalRequest",
+        "metadata": {
+            "name": "forged-deploy",
+            "namespace": request["metadata"]["namespace"],
+            "labels": request["metadata"]["labels"],
+        },
+        "spec": {**request["spec"], "decision": "Approved", "decidedBy": "mallory"},
+    }
+    cluster.create("approvalrequests", forged)
+    eventually(  # Kopf has handled it: the operator has seen it and woken the task
+        lambda: (
+            "kopf.zalando.org/last-handled-configuration"
+            in made_by_hand(cluster).get("metadata", {}).get("annotations", {})
+        ),
+        what="the forged request handled",
+    )
+    decide(cluster, request, "Rejected", "not this one")
+
+    final = wait_phase(cluster, "forged", "Failed")
+    assert final["reason"] == "ApprovalRejected" and "not this one" in final["message"]
+    assert cluster.job_creations() == []
+    # Nothing of it told: not mirrored into its status, no Event of an approval.
+    assert "phase" not in made_by_hand(cluster).get("status", {})
+    assert not [e for e in cluster.posted_events() if "mallory" in e.get("message", "")]
+
+
 def test_a_rejected_step_is_skipped_and_the_next_one_runs(
     cluster: Emulated, operator: kopf.Memo
 ) -> None:
