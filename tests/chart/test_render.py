@@ -91,7 +91,7 @@ OPERATOR_RULES = {
     ("agentoperator.io", "approvalrequests/status"): {"patch"},
     ("agentoperator.io", "agentpools"): {"list", "watch", "patch"},
     ("agentoperator.io", "agentpools/status"): {"patch"},
-    ("batch", "jobs"): {"list", "watch", "create", "patch", "delete"},
+    ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "pods"): {"list", "watch"},
     ("", "pods/log"): {"get"},  # large step results (steps hold no store access)
     ("", "events"): {"create"},

@@ -383,6 +383,8 @@ def test_the_operator_identity_is_denied_what_it_must_not_do(
     for args in [
         ("get", "secrets", "-n", tasks),
         ("create", "jobs", "-n", tasks),
+        ("get", "jobs", "-n", tasks),  # a Job it meets (409) is read back and adopted
+        ("patch", "jobs", "-n", tasks),  # a prepared Job is let run
         ("patch", f"agenttasks.{GROUP}", "-n", tasks, "--subresource=status"),
         ("create", f"approvalrequests.{GROUP}", "-n", tasks),
         ("list", "customresourcedefinitions.apiextensions.k8s.io"),

@@ -31,11 +31,11 @@ cluster, by a Role in each watched namespace otherwise.
 - apiGroups: [agentoperator.io]
   resources: [agentpools/status]
   verbs: [patch]
-# Step Jobs: created suspended, let run (patch), deleted; Jobs and their pods listed and
-# watched by label.
+# Step Jobs: created suspended, let run (patch), deleted, and read back when a creation
+# meets one already made (adopted); Jobs and their pods listed and watched by label.
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [list, watch, create, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch]
