@@ -330,12 +330,18 @@ def test_tasks_backing_off_from_a_store_outage_do_not_wake_each_other(
 # not tell from one that ran and vanished (lost).
 
 
-def refusing_until_cleared(cluster: Emulated, match: Callable[[Request], bool]) -> Any:
-    """Refuse what `match`es until the returned event is cleared; the refused requests."""
+def stopped_while_refusing(
+    cluster: Emulated, settings: OperatorSettings, match: Callable[[Request], bool], name: str
+) -> None:
+    """An operator starts the CHAIN task `name` and stops once a request that `match`es
+    has failed (each one fails while it runs)."""
     refusing = threading.Event()
     refusing.set()
     refused = cluster.refuse(lambda r: refusing.is_set() and match(r), 500, times=1000)
-    return refusing, refused
+    with running_operator(settings):
+        cluster.create("agenttasks", agent_task(name, CHAIN))
+        eventually(lambda: len(refused) >= 1, what="a request to fail")
+    refusing.clear()
 
 
 def job_creation(request: Request) -> bool:
@@ -351,44 +357,35 @@ def attempts_of(dsn: str, uid: str) -> list[tuple[str, int, str]]:
         return sorted((a.step_id, a.attempt, a.phase) for a in store.attempts(uid))
 
 
+def runs_once_after_a_restart(
+    cluster: Emulated, settings: OperatorSettings, dsn: str, name: str
+) -> None:
+    """A new operator runs the CHAIN task `name` to its end, each step once."""
+    with running_operator(settings):
+        final = run_chain(cluster, name)
+    assert final["outputs"] == {"two": {"m": 1}}
+    one_job_per_step(cluster)
+    assert attempts_of(dsn, f"uid-{name}") == [("one", 1, "Succeeded"), ("two", 1, "Succeeded")]
+
+
 def test_an_operator_stopped_before_making_a_job_makes_it_once_after(
     cluster: Emulated, settings: OperatorSettings, dsn: str
 ) -> None:
     # Every Job creation fails until the operator is gone. Before the Job was prepared
     # first, the attempt was recorded by then, and the next operator took it for lost.
-    refusing, refused = refusing_until_cleared(cluster, job_creation)
-    with running_operator(settings):
-        cluster.create("agenttasks", agent_task("interrupted", CHAIN))
-        eventually(lambda: len(refused) >= 1, what="the Job's creation to fail")
-    refusing.clear()
+    stopped_while_refusing(cluster, settings, job_creation, "interrupted")
     assert cluster.jobs() == [] and attempts_of(dsn, "uid-interrupted") == []
-
-    with running_operator(settings):
-        final = run_chain(cluster, "interrupted")
-
-    assert final["outputs"] == {"two": {"m": 1}}
-    one_job_per_step(cluster)
-    assert attempts_of(dsn, "uid-interrupted") == [("one", 1, "Succeeded"), ("two", 1, "Succeeded")]
+    runs_once_after_a_restart(cluster, settings, dsn, "interrupted")
 
 
 def test_an_operator_stopped_before_letting_a_recorded_job_run_lets_it_run_after(
     cluster: Emulated, settings: OperatorSettings, dsn: str
 ) -> None:
-    refusing, refused = refusing_until_cleared(cluster, job_launch)
-    with running_operator(settings):
-        cluster.create("agenttasks", agent_task("held", CHAIN))
-        eventually(lambda: len(refused) >= 1, what="the Job's launch to fail")
-    refusing.clear()
+    stopped_while_refusing(cluster, settings, job_launch, "held")
     [prepared] = cluster.jobs()
     assert prepared["spec"]["suspend"] is True
     assert attempts_of(dsn, "uid-held") == [("one", 1, "Running")]
-
-    with running_operator(settings):
-        final = run_chain(cluster, "held")
-
-    assert final["outputs"] == {"two": {"m": 1}}
-    one_job_per_step(cluster)
-    assert attempts_of(dsn, "uid-held") == [("one", 1, "Succeeded"), ("two", 1, "Succeeded")]
+    runs_once_after_a_restart(cluster, settings, dsn, "held")
 
 
 def test_a_prepared_job_never_recorded_is_adopted_in_the_slot_it_holds(
