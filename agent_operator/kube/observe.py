@@ -249,9 +249,11 @@ def _container_status(pod: Obj | None) -> Obj:
 
 
 def _started_at(job: Obj) -> datetime:
-    """When the Job started; the API server always sets creationTimestamp, but emulators
-    (kmock) set none, and then the attempt is taken to start now."""
-    when = (job.get("status") or {}).get("startTime") or job["metadata"].get("creationTimestamp")
+    """When the Job started running: its startTime, set by the Job controller once it is
+    let run. Before that (just let run, the controller not yet seen), now: not its
+    creation, which for a Job prepared before a store outage can be minutes earlier and
+    would time the attempt out before it ran."""
+    when = (job.get("status") or {}).get("startTime")
     return _time(when) if when else datetime.now(UTC)
 
 

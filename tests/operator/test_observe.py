@@ -469,13 +469,23 @@ def test_a_node_that_fails_a_pod_for_its_image_fails_the_attempt_as_image_unavai
     assert run.message == f"ErrImageNeverPull: {message}"
 
 
-def test_start_time_falls_back_to_creation_and_is_utc() -> None:
-    waiting = job()
-    del waiting["status"]["startTime"]
-    waiting["metadata"]["creationTimestamp"] = "2026-11-23T12:00:00+02:00"
-    run = run_from_job(waiting, None, None)
+def test_start_time_is_utc() -> None:
+    started = job()
+    started["status"]["startTime"] = "2026-11-23T12:00:00+02:00"
+    run = run_from_job(started, None, None)
     assert run.started_at == datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
     assert run.started_at.utcoffset() == timedelta(0)
+
+
+def test_a_job_let_run_long_after_it_was_made_starts_when_let_run() -> None:
+    # Prepared before a store outage, let run after it: the Job controller has not set its
+    # startTime yet. Its creation, a minute back, is not when the attempt started (the
+    # fault run's Postgres outage timed such attempts out before they ran).
+    launched = job()
+    del launched["status"]["startTime"]
+    launched["metadata"]["creationTimestamp"] = "2026-01-01T00:00:00Z"
+    before = datetime.now(UTC)
+    assert before <= run_from_job(launched, None, no_log).started_at <= datetime.now(UTC)
 
 
 def test_an_emulated_job_without_times_starts_now() -> None:
