@@ -17,7 +17,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -155,11 +157,32 @@ def create_engine_for(dsn: str | None, *, connect_timeout: int = DEFAULT_CONNECT
     return engine
 
 
+SQLITE_BUSY_SECONDS = 10.0
+
+
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     # Let SQLAlchemy, not the sqlite3 module, decide where transactions begin.
     dbapi_connection.isolation_level = None
-    for pragma in ("foreign_keys=ON", "journal_mode=WAL", "busy_timeout=10000"):
+    for pragma in (f"busy_timeout={int(SQLITE_BUSY_SECONDS * 1000)}", "foreign_keys=ON"):
         dbapi_connection.execute(f"PRAGMA {pragma}")
+    _sqlite_wal(dbapi_connection)
+
+
+def _sqlite_wal(dbapi_connection: Any) -> None:
+    """Switch to WAL. The switch needs the database to itself, and SQLite refuses it at once
+    (no busy handler) while another connection opens or reads it: processes opening one new
+    database together met "database is locked". So it is tried again for the busy timeout."""
+    deadline = time.monotonic() + SQLITE_BUSY_SECONDS
+    pause = 0.01
+    while True:
+        try:
+            dbapi_connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.5)
 
 
 def _sqlite_begin(connection: Connection) -> None:
