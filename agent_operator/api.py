@@ -11,7 +11,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from agent_contract import Prices, RiskLevel, Usage
@@ -83,6 +83,71 @@ class SecretKeyRef(ApiModel):
     key: str = Field(description="Key within the Secret.")
 
 
+class RuleEffect(StrEnum):
+    deny = "Deny"
+    require_approval = "RequireApproval"
+    raise_risk = "RaiseRisk"
+
+
+class SafetyRule(ApiModel):
+    """A safety rule: a CEL condition over a step, and what follows when it holds."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.effect != 'RaiseRisk' || has(self.risk)",
+                    "message": "a RaiseRisk rule names the risk it raises to",
+                    "fieldPath": ".risk",
+                }
+            ]
+        }
+    )
+
+    name: str = Field(
+        pattern=STEP_ID_PATTERN, max_length=63, description="Unique rule name (DNS label)."
+    )
+    condition: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="CEL over the step: `tool` (its name), `params` (after substitution when "
+        "it starts), `namespace` and `host` (its target, empty when it has none), e.g. "
+        "`tool == 'sql_execute' && params.statement.matches('(?i)\\\\bdrop\\\\b')`. "
+        "A condition that cannot be evaluated for a step holds.",
+    )
+    effect: RuleEffect = Field(
+        description="Deny: refuse the step; RequireApproval: a person approves it first; "
+        "RaiseRisk: its risk is at least `risk`."
+    )
+    risk: RiskLevel | None = Field(default=None, description="RaiseRisk: the level raised to.")
+    message: str | None = Field(
+        default=None, max_length=1024, description="Why, for the person reading the plan."
+    )
+
+    @model_validator(mode="after")
+    def _risk_for_raise(self) -> SafetyRule:
+        if self.effect == RuleEffect.raise_risk and self.risk is None:
+            raise ValueError("a RaiseRisk rule names the risk it raises to")
+        return self
+
+
+# A map list keyed by name: the API server refuses two rules of one name.
+RULES_LIST: dict[str, Any] = {
+    "x-kubernetes-list-type": "map",
+    "x-kubernetes-list-map-keys": ["name"],
+}
+
+
+class RuleMatch(ApiModel):
+    """A safety rule that held for a step."""
+
+    name: str = Field(description="The rule's name.")
+    source: str = Field(description="pool (its spec.rules) or task (spec.safety.rules).")
+    effect: RuleEffect = Field(description="What it does.")
+    risk: RiskLevel | None = Field(default=None, description="RaiseRisk: the level raised to.")
+    message: str | None = Field(default=None, description="The rule's message.")
+
+
 class RiskAssessment(ApiModel):
     """The safety policy's verdict on one step."""
 
@@ -90,6 +155,9 @@ class RiskAssessment(ApiModel):
     requires_approval: bool = Field(description="Whether a person must approve the step.")
     risks: list[str] = Field(default_factory=list, description="What could go wrong.")
     mitigations: list[str] = Field(default_factory=list, description="What limits the harm.")
+    rules: list[RuleMatch] = Field(
+        default_factory=list, description="The safety rules that held for the step."
+    )
 
 
 # --- AgentTask --------------------------------------------------------------
@@ -206,6 +274,13 @@ class Safety(ApiModel):
         ge=1,
         le=MAX_DURATION_SECONDS,
         description="How long an approval request stays open (at most a year).",
+    )
+    rules: list[SafetyRule] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Rules for this task's steps, on top of its pool's (which a task cannot "
+        "loosen: every effect only tightens).",
+        json_schema_extra=RULES_LIST,
     )
 
 
@@ -561,6 +636,12 @@ class AgentPoolSpec(ApiModel):
             "Hosts that network tools (http_request) may reach: host, host:port or *.domain. "
             "Omitted or empty: none, and plans that use such a tool are refused."
         ),
+    )
+    rules: list[SafetyRule] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Safety rules for every step of the pool's tasks.",
+        json_schema_extra=RULES_LIST,
     )
 
 

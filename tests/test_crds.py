@@ -656,6 +656,12 @@ APPROVAL_FIXED = (
     "what is being approved cannot change"
 )
 PLAN_FIXED = "the plan cannot be changed once the task is created; create a new AgentTask"
+RAISE_NAMES_RISK = "a RaiseRisk rule names the risk it raises to"
+RAISE_CASES = [
+    Case({"name": "r", "condition": "true", "effect": "RaiseRisk", "risk": "high"}, True),
+    Case({"name": "r", "condition": "true", "effect": "Deny"}, True),
+    Case({"name": "r", "condition": "true", "effect": "RaiseRisk"}, False),
+]
 CASES: dict[tuple[str, str, str], list[Case]] = {
     ("AgentTask", "spec", "spec needs a goal or at least one step"): [
         Case(GOAL_ONLY, True),
@@ -678,6 +684,8 @@ CASES: dict[tuple[str, str, str], list[Case]] = {
         Case({"start": "22:00", "end": "06:00"}, True),
         Case({"start": "09:00", "end": "09:00"}, False),
     ],
+    ("AgentTask", "spec.safety.rules[]", RAISE_NAMES_RISK): RAISE_CASES,
+    ("AgentPool", "spec.rules[]", RAISE_NAMES_RISK): RAISE_CASES,
     ("ApprovalRequest", "spec", "a decision cannot be changed once made"): [
         Case(APPROVED, True, old=ASK),
         Case({**ASK, "reason": "thinking"}, True, old=ASK),

@@ -28,18 +28,27 @@ from agent_operator.api import (
     OnReject,
     PlannedStep,
     RiskAssessment,
+    RuleMatch,
     StepPhase,
     StepStatus,
     TaskPhase,
 )
+from agent_operator.core.cel import CelError
 from agent_operator.core.conditions import task_conditions
 from agent_operator.core.plan import InvalidPlan, PlanningResult, build_plan
 from agent_operator.core.reasons import Reason
-from agent_operator.core.safety import in_window, next_window_open
+from agent_operator.core.safety import (
+    assess,
+    denial,
+    in_window,
+    matching_rules,
+    next_window_open,
+    rules_of,
+    tightest,
+)
 from agent_operator.core.summary import summarize
 from agent_operator.core.templating import (
     MissingReference,
-    WhenError,
     evaluate_condition,
     substitute,
 )
@@ -668,7 +677,7 @@ def _prepare(
                 return _StepView(
                     StepPhase.skipped, reason=Reason.condition_false, message=f"when: {step.when}"
                 ), None
-        except WhenError as error:
+        except CelError as error:
             return _StepView(
                 StepPhase.failed, reason=Reason.when_error, message=f"when {error}"
             ), None
@@ -682,13 +691,18 @@ def _prepare(
         return _StepView(
             StepPhase.failed, reason=Reason.params_too_large, message=f"params: {too_large}"
         ), None
-    if step.risk.requires_approval:
-        gate = _approval_gate(observed, step, params, actions, wake)
+    matches = matching_rules(rules_of(observed.pool, spec.safety), step.tool, params)
+    denied = denial(matches)
+    if denied:
+        return _StepView(StepPhase.failed, reason=Reason.denied_by_rule, message=denied), None
+    risk = _risk_at_start(observed, step, params, matches)
+    if risk.requires_approval:
+        gate = _approval_gate(observed, step, params, risk, actions, wake)
         if gate is not None:
             gate.attempt = attempt - 1
             return gate, None
     window = spec.safety.critical_window
-    if step.risk.level == RiskLevel.critical and window and not in_window(window, now):
+    if risk.level == RiskLevel.critical and window and not in_window(window, now):
         opens = next_window_open(window, now)
         wake.append(opens)
         pending.reason, pending.message = (
@@ -699,10 +713,30 @@ def _prepare(
     return pending, (attempt, params)
 
 
+def _risk_at_start(
+    observed: Observed, step: PlannedStep, params: dict[str, Any], matches: list[RuleMatch]
+) -> RiskAssessment:
+    """The verdict on the params the step will run with (a placeholder may have filled in
+    what a rule or the policy looks for), never looser than the plan's."""
+    tool = observed.registry.get(step.tool)
+    if tool is None:  # gone from the registry since planning: the plan's verdict stands
+        return step.risk
+    now = assess(
+        step.model_copy(update={"params": params}),
+        tool.effective_risk(params, observed.registry),
+        tool,
+        observed.task.spec.safety,
+        step.timeout_seconds,
+        matches,
+    )
+    return tightest(step.risk, now)
+
+
 def _approval_gate(
     observed: Observed,
     step: PlannedStep,
     params: dict[str, Any],
+    risk: RiskAssessment,
     actions: list[Action],
     wake: list[datetime],
 ) -> _StepView | None:
@@ -715,10 +749,12 @@ def _approval_gate(
         )
     if approval is None:
         expires = now + timedelta(seconds=safety.approval_timeout_seconds)
-        actions.append(RequestApproval(step.id, step.tool, params, step.risk, expires))
+        actions.append(RequestApproval(step.id, step.tool, params, risk, expires))
         wake.append(expires)
         return _StepView(
-            StepPhase.waiting_approval, reason=Reason.waiting_for_approval, message=_why(step)
+            StepPhase.waiting_approval,
+            reason=Reason.waiting_for_approval,
+            message=_why(risk, step.tool),
         )
     if approval.phase == ApprovalPhase.approved:
         return None
@@ -739,7 +775,9 @@ def _approval_gate(
         )
     wake.append(approval.expires_at)
     return _StepView(
-        StepPhase.waiting_approval, reason=Reason.waiting_for_approval, message=_why(step)
+        StepPhase.waiting_approval,
+        reason=Reason.waiting_for_approval,
+        message=_why(risk, step.tool),
     )
 
 
@@ -765,8 +803,8 @@ def _approval_decided(approval: ApprovalView) -> Event:
     )
 
 
-def _why(step: PlannedStep) -> str:
-    return f"{step.risk.level} risk: " + ("; ".join(step.risk.risks) or step.tool)
+def _why(risk: RiskAssessment, tool: str) -> str:
+    return f"{risk.level} risk: " + ("; ".join(risk.risks) or tool)
 
 
 def _step_status(task_uid: str, step_id: str, view: _StepView) -> StepStatus:

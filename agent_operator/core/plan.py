@@ -7,10 +7,17 @@ from graphlib import CycleError, TopologicalSorter
 
 from agent_contract import NETWORK, ToolRegistry, ToolSpec, Usage, params_problem
 from agent_operator.api import AgentPoolSpec, AgentTaskSpec, PlannedStep, Step
-from agent_operator.core.safety import assess, policy_problems
+from agent_operator.core import cel
+from agent_operator.core.cel import CelError
+from agent_operator.core.safety import (
+    assess,
+    denial,
+    matching_rules,
+    policy_problems,
+    rule_problems,
+    rules_of,
+)
 from agent_operator.core.templating import (
-    WhenError,
-    check_condition,
     is_placeholder,
     referenced_inputs,
     referenced_steps,
@@ -111,7 +118,7 @@ def build_plan(
     """Validate the steps and attach dependencies, timeouts and risk; raise InvalidPlan."""
     if not steps:
         raise InvalidPlan(["the plan has no steps"])
-    problems = policy_problems(spec.safety, registry)
+    problems = policy_problems(spec.safety, registry) + rule_problems(pool, spec.safety)
     if len(steps) > spec.limits.max_steps:
         problems.append(
             f"the plan has {len(steps)} steps; spec.limits.maxSteps allows {spec.limits.max_steps}"
@@ -137,8 +144,8 @@ def build_plan(
         ]
         if step.when is not None:
             try:
-                check_condition(step.when)
-            except WhenError as error:
+                cel.check(step.when)
+            except CelError as error:
                 problems.append(f"{where}.when: {error}")
     if problems:
         raise InvalidPlan(problems)
@@ -166,10 +173,16 @@ def build_plan(
     if problems:
         raise InvalidPlan(problems)
 
+    rules = rules_of(pool, spec.safety)
     planned = []
-    for step in steps:
+    for index, step in enumerate(steps):
         tool = registry.get(step.tool)
         assert tool is not None  # checked above
+        matches = matching_rules(rules, step.tool, step.params)
+        denied = denial(matches)
+        if denied:
+            problems.append(f"step {step.id!r} (steps[{index}]): {denied}")
+            continue
         timeout = step.timeout_seconds or int(tool.timeout_seconds)
         planned.append(
             PlannedStep(
@@ -177,8 +190,15 @@ def build_plan(
                 depends_on=dependencies[step.id],
                 timeout_seconds=timeout,
                 risk=assess(
-                    step, tool.effective_risk(step.params, registry), tool, spec.safety, timeout
+                    step,
+                    tool.effective_risk(step.params, registry),
+                    tool,
+                    spec.safety,
+                    timeout,
+                    matches,
                 ),
             )
         )
+    if problems:
+        raise InvalidPlan(problems)
     return planned

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from agent_contract import RiskLevel, ToolRegistry, ToolSpec
-from agent_operator.api import RiskAssessment, Safety, SafetyLevel, Step, TimeWindow
+from agent_operator.api import (
+    AgentPoolSpec,
+    RiskAssessment,
+    RuleEffect,
+    RuleMatch,
+    Safety,
+    SafetyLevel,
+    SafetyRule,
+    Step,
+    TimeWindow,
+)
+from agent_operator.core import cel
 from agent_operator.core.templating import _strings
 
 APPROVAL_FROM = {
@@ -49,15 +62,109 @@ def _required_by_list(tool: ToolSpec, level: RiskLevel, safety: Safety) -> str |
     return None
 
 
+# --- rules written as CEL ---------------------------------------------------------------
+
+POOL, TASK = "pool", "task"  # RuleMatch.source
+
+
+def rules_of(pool: AgentPoolSpec, safety: Safety) -> list[tuple[str, str, SafetyRule]]:
+    """Every rule a step of the task meets, as (source, field path, rule): the pool's first.
+    A task adds rules and cannot take any away, and every effect only tightens."""
+    return [
+        *((POOL, f"the pool's spec.rules[{i}]", rule) for i, rule in enumerate(pool.rules)),
+        *((TASK, f"spec.safety.rules[{i}]", rule) for i, rule in enumerate(safety.rules)),
+    ]
+
+
+def rule_problems(pool: AgentPoolSpec, safety: Safety) -> list[str]:
+    """The rules whose condition does not compile, each named by field and name."""
+    problems = []
+    for _source, where, rule in rules_of(pool, safety):
+        try:
+            cel.check(rule.condition)
+        except cel.CelError as error:
+            problems.append(f"{where} ({rule.name!r}).condition: {error}")
+    return problems
+
+
+def step_target(params: dict[str, Any]) -> tuple[str, str]:
+    """The namespace and the host a step acts on, where its params name them: `namespace`
+    (or the namespace of a `manifest`), and the host of `url`; empty when they do not."""
+    namespace = params.get("namespace")
+    manifest = params.get("manifest")
+    if not isinstance(namespace, str) and isinstance(manifest, dict):
+        metadata = manifest.get("metadata")
+        namespace = metadata.get("namespace") if isinstance(metadata, dict) else None
+    url = params.get("url")
+    try:
+        host = (urlsplit(url).hostname or "") if isinstance(url, str) else ""
+    except ValueError:  # not a URL: it names no host
+        host = ""
+    return (namespace if isinstance(namespace, str) else ""), host
+
+
+def matching_rules(
+    rules: Sequence[tuple[str, str, SafetyRule]], tool: str, params: dict[str, Any]
+) -> list[RuleMatch]:
+    """The rules that hold for a call of `tool` with `params`. A condition that cannot be
+    evaluated for it (a missing param, a wrong type) holds: a rule fails closed."""
+    namespace, host = step_target(params)
+    variables = {"tool": tool, "params": params, "namespace": namespace, "host": host}
+    matches = []
+    for source, _where, rule in rules:
+        message = rule.message
+        try:
+            held = cel.holds(rule.condition, variables)
+        except cel.CelError as error:
+            held = True
+            message = "; ".join(filter(None, [message, f"its condition {error}, so it holds"]))
+        if held:
+            matches.append(
+                RuleMatch(
+                    name=rule.name,
+                    source=source,
+                    effect=rule.effect,
+                    risk=rule.risk,
+                    message=message,
+                )
+            )
+    return matches
+
+
+def denial(matches: Sequence[RuleMatch]) -> str | None:
+    """Why the Deny rules among `matches` refuse the step, or None when none does."""
+    denied = [
+        f"denied by the {m.source}'s rule {m.name!r}" + (f": {m.message}" if m.message else "")
+        for m in matches
+        if m.effect == RuleEffect.deny
+    ]
+    return "; ".join(denied) or None
+
+
 def assess(
-    step: Step, level: RiskLevel, tool: ToolSpec, safety: Safety, timeout_seconds: int
+    step: Step,
+    level: RiskLevel,
+    tool: ToolSpec,
+    safety: Safety,
+    timeout_seconds: int,
+    rules: Sequence[RuleMatch] = (),
 ) -> RiskAssessment:
-    """The verdict stored in the plan: `level` is the tool's risk for these params."""
+    """The verdict stored in the plan: `level` is the tool's risk for these params, `rules`
+    the safety rules that hold for the step (but Deny ones, which refuse it)."""
     risks = [CAPABILITY_RISKS.get(c, f"uses capability {c!r}") for c in sorted(tool.capabilities)]
     mitigations = [
         "runs as its own Job with the pool's ServiceAccount",
         f"stopped after {timeout_seconds}s",
     ]
+    rules = [m for m in rules if m.effect != RuleEffect.deny]
+    for match in rules:
+        said = f": {match.message}" if match.message else ""
+        if match.effect == RuleEffect.raise_risk and match.risk is not None:
+            level = max(level, match.risk, key=lambda r: r.rank)
+            raised = f"raises it to {match.risk}{said}"
+            risks.append(f"the {match.source}'s rule {match.name!r} {raised}")
+        elif said:
+            risks.append(f"the {match.source}'s rule {match.name!r}{said}")
     protected = _protected_hits(step.params, safety) if level >= RiskLevel.medium else []
     if protected:
         level = max(level, RiskLevel.high, key=lambda r: r.rank)
@@ -71,6 +178,11 @@ def assess(
         reasons.append(listed)
     if protected:
         reasons.append("it touches a protected target")
+    reasons += [
+        f"the {m.source}'s rule {m.name!r} requires it"
+        for m in rules
+        if m.effect == RuleEffect.require_approval
+    ]
     if reasons:
         mitigations.append("a person approves it first: " + "; ".join(reasons))
     if level == RiskLevel.critical and safety.critical_window:
@@ -79,7 +191,27 @@ def assess(
             f"starts only between {window.start} and {window.end} UTC on {', '.join(window.days)}"
         )
     return RiskAssessment(
-        level=level, requires_approval=bool(reasons), risks=risks, mitigations=mitigations
+        level=level,
+        requires_approval=bool(reasons),
+        risks=risks,
+        mitigations=mitigations,
+        rules=rules,
+    )
+
+
+def tightest(planned: RiskAssessment, now: RiskAssessment) -> RiskAssessment:
+    """The verdict on a step as it starts (`now`, for its substituted params) held to the
+    plan's: a step never needs less approval or carries less risk than its plan said."""
+    if now.level >= planned.level and now.requires_approval >= planned.requires_approval:
+        return now
+    if planned.level >= now.level and planned.requires_approval >= now.requires_approval:
+        return planned
+    return RiskAssessment(
+        level=max(planned.level, now.level, key=lambda r: r.rank),
+        requires_approval=True,  # one of them requires it, or the other would be tighter
+        risks=list(dict.fromkeys([*planned.risks, *now.risks])),
+        mitigations=list(dict.fromkeys([*planned.mitigations, *now.mitigations])),
+        rules=[*planned.rules, *(m for m in now.rules if m not in planned.rules)],
     )
 
 

@@ -5,14 +5,9 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from functools import lru_cache
 from typing import Any
 
-import celpy
-from celpy import celtypes
-from celpy.adapter import json_to_cel
-from celpy.celparser import CELParseError
-from celpy.evaluation import CELEvalError
+from agent_operator.core import cel
 
 PLACEHOLDER = re.compile(
     r"\$\{\s*(?:steps\.(?P<step>[a-z0-9]([-a-z0-9]*[a-z0-9])?)\.outputs\.(?P<key>[A-Za-z0-9_.-]+)"
@@ -23,10 +18,6 @@ WHEN_STEP_REF = re.compile(r"steps\s*(?:\.\s*([a-z0-9_]+)|\[\s*[\"']([a-z0-9-]+)
 
 class MissingReference(Exception):
     """A placeholder names an output or input that does not exist."""
-
-
-class WhenError(Exception):
-    """A `when` expression does not compile or cannot be evaluated."""
 
 
 def _strings(value: Any) -> list[str]:
@@ -105,37 +96,15 @@ def _as_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
 
-@lru_cache(maxsize=512)
-def _program(expression: str) -> celpy.Runner:
-    env = celpy.Environment()
-    try:
-        return env.program(env.compile(expression))
-    except CELParseError as error:
-        raise WhenError("does not parse as CEL: " + " ".join(str(error).split())) from None
-
-
-def check_condition(expression: str) -> None:
-    """Raise WhenError when the expression does not compile."""
-    _program(expression)
-
-
 def evaluate_condition(
     expression: str,
     outputs: Mapping[str, Mapping[str, Any]],
     phases: Mapping[str, str],
     inputs: Mapping[str, Any],
 ) -> bool:
-    """Evaluate a `when` expression against earlier steps' outputs and phases and the inputs."""
+    """Evaluate a `when` expression against earlier steps' outputs and phases and the inputs;
+    raise CelError."""
     steps = {
         sid: {"phase": phases.get(sid, ""), "outputs": dict(outputs.get(sid, {}))} for sid in phases
     }
-    activation = {"steps": json_to_cel(steps), "inputs": json_to_cel(dict(inputs))}
-    try:
-        result = _program(expression).evaluate(activation)
-    except CELEvalError as error:
-        raise WhenError(f"cannot be evaluated: {error.args[0] if error.args else error}") from None
-    if isinstance(result, CELEvalError):
-        raise WhenError(f"cannot be evaluated: {result.args[0] if result.args else result}")
-    if not isinstance(result, celtypes.BoolType):
-        raise WhenError(f"must be true or false, got {result!r}")
-    return bool(result)
+    return cel.holds(expression, {"steps": steps, "inputs": dict(inputs)})

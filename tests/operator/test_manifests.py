@@ -498,6 +498,7 @@ def test_the_approval_request_validates_and_hides_secrets() -> None:
         "requiresApproval": True,
         "risks": ["writes to an external service"],
         "mitigations": ["read-only credentials"],
+        "rules": [],
     }
     assert spec["expiresAt"] == "2026-11-23T11:00:00Z"
     assert spec["params"]["password"] == REDACTED
