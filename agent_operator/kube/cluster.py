@@ -130,15 +130,9 @@ class Cluster:
             raise
         return str(response.data.decode(errors="replace"))
 
-    def jobs_of_task(self, namespace: str, task_uid: str) -> list[Obj]:
-        """Jobs of a task, read from the API (the loop uses the cache)."""
-        listing = _call(
-            f"list Jobs of task {task_uid} in {namespace}",
-            lambda: self.batch.list_namespaced_job(
-                namespace, label_selector=f"agentoperator.io/task-uid={task_uid}"
-            ),
-        )
-        return [self.api.sanitize_for_serialization(job) for job in listing.items]
+    def ping(self) -> None:
+        """Raise Transient unless the API server answers now (its version: anyone may read it)."""
+        _call("read the API server's version", lambda: client.VersionApi(self.api).get_code())
 
     def approvals_of_task(self, namespace: str, task_uid: str) -> list[Obj]:
         listing: Any = _call(

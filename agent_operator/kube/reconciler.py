@@ -78,6 +78,7 @@ __all__ = ["EventPoster", "KubeShell", "ObjectLoggerFactory", "OperatorContext",
 
 Obj = dict[str, Any]
 Key = tuple[str, int]  # step id, attempt
+PROBE_SECONDS = 1.0  # how often a loop's back-off looks whether the API server or store is back
 EventPoster = Callable[[Any, Event], None]  # a Kopf body or a plain dict
 ObjectLoggerFactory = Callable[[Any], logging.LoggerAdapter[Any]]
 
@@ -86,6 +87,7 @@ ObjectLoggerFactory = Callable[[Any], logging.LoggerAdapter[Any]]
 class _Waker:
     loop: asyncio.AbstractEventLoop
     event: asyncio.Event = field(default_factory=asyncio.Event)
+    roused: asyncio.Event = field(default_factory=asyncio.Event)  # cuts a back-off short
     asleep: bool = False
 
 
@@ -108,11 +110,18 @@ class Wakers:
             self._loops.pop(uid, None)
 
     def wake(self, uid: str) -> None:
+        self._set(uid, lambda waker: waker.event)
+
+    def rouse(self, uid: str) -> None:
+        """End a back-off (`sleep`) early: what the task's pass failed on is back."""
+        self._set(uid, lambda waker: waker.roused)
+
+    def _set(self, uid: str, event: Callable[[_Waker], asyncio.Event]) -> None:
         with self._lock:
             waker = self._loops.get(uid)
         if waker is not None:
             with contextlib.suppress(RuntimeError):  # the operator's event loop has closed
-                waker.loop.call_soon_threadsafe(waker.event.set)
+                waker.loop.call_soon_threadsafe(event(waker).set)
 
     async def wait(self, uid: str, seconds: float) -> None:
         """Until woken or `seconds` pass."""
@@ -125,13 +134,16 @@ class Wakers:
         finally:
             waker.asleep = False
             waker.event.clear()
+            waker.roused.clear()
 
     async def sleep(self, uid: str, seconds: float) -> None:
-        """`seconds`, whatever wakes come meanwhile: the next pass observes what they were
-        about anyway."""
+        """`seconds`, whatever wakes come meanwhile (the next pass observes what they were
+        about anyway), unless roused."""
         waker = self._loops[uid]
-        await asyncio.sleep(max(seconds, 0.0))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(waker.roused.wait(), max(seconds, 0.0))
         waker.event.clear()
+        waker.roused.clear()
 
     def running(self) -> int:
         """Task loops now running."""
@@ -142,6 +154,59 @@ class Wakers:
         """Task loops now waiting to be woken."""
         with self._lock:
             return sum(1 for w in self._loops.values() if w.asleep)
+
+
+class Recovery:
+    """Rouses the task loops backing off because the API server or the store failed, once
+    a probe finds it answering. A loop backs off for its whole delay, which doubles while
+    the outage lasts, so it could otherwise wait nearly as long again after the end of the
+    outage (the API server's restart cost 25 s). One probe per cause, every `interval`, for
+    all the loops; each loop is roused once per run of failed passes, so a pass that keeps
+    failing for its own reason while the probe succeeds cannot make passes hot."""
+
+    def __init__(
+        self, probes: Mapping[str, Callable[[], object]], wakers: Wakers, interval: float
+    ) -> None:
+        self._probes, self._wakers, self._interval = probes, wakers, interval
+        self._lock = threading.Lock()
+        self._waiting: dict[str, set[str]] = {cause: set() for cause in probes}
+        self._roused: set[str] = set()  # roused since their last pass that went through
+        self._stop = threading.Event()
+
+    def backing_off(self, uid: str, cause: str) -> None:
+        """The loop of `uid` backs off, its pass having failed for `cause`."""
+        if cause not in self._probes:
+            return  # a defect: nothing to probe, it waits its delay out
+        with self._lock:
+            if uid in self._roused:
+                return
+            probing = bool(self._waiting[cause])
+            self._waiting[cause].add(uid)
+        if not probing:
+            threading.Thread(
+                target=self._probe, args=(cause,), name=f"probe-{cause}", daemon=True
+            ).start()
+
+    def forget(self, uid: str) -> None:
+        """The loop's pass went through (or the loop ended): the next failure may rouse."""
+        with self._lock:
+            self._roused.discard(uid)
+
+    def _probe(self, cause: str) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._probes[cause]()
+            except Exception:  # any failure: still down
+                continue
+            with self._lock:
+                waiting, self._waiting[cause] = self._waiting[cause], set()
+                self._roused |= waiting
+            for uid in waiting:
+                self._wakers.rouse(uid)
+            return
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 class PhaseGauge:
@@ -202,6 +267,7 @@ class OperatorContext:
     pending_approvals: PendingApprovals = field(default_factory=PendingApprovals)
     loops: dict[str, TaskLoop] = field(default_factory=dict)  # the running loops, by uid
     passes: ThreadPoolExecutor = field(init=False)  # where task loops make their passes
+    recovery: Recovery = field(init=False)  # rouses loops backing off once an outage ends
     _store: Store | None = None
     _store_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -223,8 +289,11 @@ class OperatorContext:
 
     def __post_init__(self) -> None:
         self.passes = ThreadPoolExecutor(self.settings.workers, thread_name_prefix="task-pass")
+        probes = {"store": lambda: self.store().ping(), "transient": self.cluster.ping}
+        self.recovery = Recovery(probes, self.wakers, PROBE_SECONDS)
 
     def close(self) -> None:
+        self.recovery.stop()
         self.passes.shutdown(wait=True)
         with self._store_lock:
             if self._store is not None:
@@ -276,6 +345,7 @@ class TaskLoop:
                     await wakers.sleep(self.uid, seconds)
         finally:
             wakers.forget(self.uid)
+            self.ctx.recovery.forget(self.uid)
             self.ctx.loops.pop(self.uid, None)
             self.ctx.ledger.forget(self.uid)
             if self.shell.body["metadata"].get("deletionTimestamp"):
@@ -307,6 +377,7 @@ class TaskLoop:
         else:
             outcome = self.driver.run_pass()
         if isinstance(outcome, BackOff):
+            self.ctx.recovery.backing_off(self.uid, outcome.cause)
             cause = "kubernetes" if outcome.cause == "transient" else outcome.cause
             metrics.API_ERRORS.labels(cause).inc()
             self.shell.log.warning(
@@ -314,6 +385,8 @@ class TaskLoop:
             )
             if outcome.cause == "store":
                 self.shell.show_store_down(outcome.error)
+        else:
+            self.ctx.recovery.forget(self.uid)
         return outcome
 
 

@@ -41,6 +41,7 @@ from sqlalchemy import (
     make_url,
     or_,
     select,
+    text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
@@ -446,6 +447,11 @@ class Store:
             return _wrote(connection, statement)
 
     # --- reads --------------------------------------------------------------
+
+    def ping(self) -> None:
+        """Raise StoreUnavailable unless the database answers now."""
+        with self._transaction() as connection:
+            connection.execute(text("SELECT 1"))
 
     def task(self, task_uid: str) -> TaskRecord | None:
         table = Task.__table__

@@ -321,6 +321,41 @@ def test_tasks_backing_off_from_a_store_outage_do_not_wake_each_other(
         relay.restore()
 
 
+@pytest.mark.store
+def test_a_task_backing_off_from_a_store_outage_looks_again_once_the_store_is_back(
+    cluster: Emulated, relay: Relay, postgres_store_dsn: str
+) -> None:
+    """A loop waits out its back-off, which doubles while the outage lasts, so it could
+    wait nearly as long again once the store is back (the fault bench saw 25 s after an
+    API server restart). A probe finds the store back and rouses it: here its delay is
+    the longest there is (30 s) and the task goes on well before that."""
+    dsn = through(relay, postgres_store_dsn)
+    settings = OperatorSettings(
+        dsn=dsn, metrics_port=0, store_retry_seconds=600, api_retry_seconds=0.5
+    )
+    with running_operator(settings):
+        cluster.create("agenttasks", agent_task("outage", CHAIN))
+        first = wait_job(cluster, "one", task="outage")
+        eventually(
+            lambda: task_status(cluster, "outage").get("steps", [{}])[0].get("phase") == "Running",
+            what="step one Running",
+        )
+        before = api_errors("store")  # a pass in flight may be the one that fails
+        relay.cut()
+        cluster.finish_job(first, succeeded({"n": 1}))
+        eventually(lambda: api_errors("store") > before, what="a pass to fail and back off")
+        time.sleep(2)  # the store stays down past a probe or two
+        relay.restore()
+        # Roused within a probe or two; waiting out the delay (30 s at most) would take
+        # more than twice as long as this allows.
+        eventually(
+            lambda: [j for j in step_jobs(cluster, "two", "outage") if not j["spec"]["suspend"]],
+            timeout=12,
+            what="step two let run",
+        )
+        assert api_errors("store") == before + 1  # one failed pass: no looks while down
+
+
 # --- the operator stops between two writes -----------------------------------------------
 #
 # A step's Job is made suspended (prepared) before its attempt is recorded, and let run
