@@ -3,9 +3,11 @@ plan is made and again with the params a step starts with."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from agent_contract import RiskLevel
@@ -186,3 +188,18 @@ def test_a_step_the_rules_let_through_at_start_keeps_its_plans_verdict() -> None
     d = w.step()
     [start] = [a for a in d.actions if isinstance(a, StartStep)]
     assert (start.step_id, start.params) == ("b", {"statement": "UPDATE t SET a = 1"})
+
+
+def test_the_readmes_rules_do_what_it_says() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("#### Safety rules in CEL", 1)[1]
+    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    pool = {**yaml.safe_load(block), **HOSTS}
+    assert "denied by the pool's rule 'no-drop'" in problems([sql("DROP TABLE x")], pool)
+    get = {"id": "g", "tool": "http_request", "params": {"url": "https://example.com/"}}
+    assert "the pool's rule 'internal-only'" in problems([get], pool)
+    kube = {"tool": "kubernetes_get", "params": {"apiVersion": "v1", "kind": "Pod", "name": "p"}}
+    prod = {"id": "k", **kube, "params": {**kube["params"], "namespace": "prod"}}
+    [planned] = plan([prod], pool, safety={"level": "permissive"})
+    assert planned.risk.level == RiskLevel.high and planned.risk.requires_approval
+    assert [m.name for m in planned.risk.rules] == ["prod-approval", "careful-with-kube"]

@@ -172,6 +172,7 @@ def task_specs(draw: st.DrawFn) -> dict[str, Any]:
         spec["safety"] = {
             "level": draw(st.sampled_from(levels)),
             "requireApprovalFor": draw(st.lists(hostile_text, max_size=2)),
+            "rules": draw(rules),
         }
     return spec
 
@@ -192,6 +193,31 @@ RESOURCES = [
     {"requests": {"memory": "-1Gi"}},
     {"limits": "none"},
 ]
+
+
+# Safety rules: CEL that holds, fails to compile, fails to evaluate, or is hostile text.
+CONDITIONS = [
+    "true",
+    "false",
+    "tool == 'noop'",
+    "namespace == 'prod'",
+    "params.statement.matches('(?i)drop')",  # no such param: cannot be evaluated, holds
+    "tool ==",
+    "1/0 == 1",
+    "params.x.matches('(')",
+    "size(tool)",  # not true or false
+]
+rules = st.lists(
+    st.fixed_dictionaries(
+        {
+            "name": step_ids,
+            "condition": st.one_of(st.sampled_from(CONDITIONS), hostile_text),
+            "effect": st.sampled_from(["Deny", "RequireApproval", "RaiseRisk", "Allow"]),
+        },
+        optional={"risk": st.sampled_from(["high", "critical", "none"]), "message": hostile_text},
+    ),
+    max_size=2,
+)
 
 
 @st.composite
@@ -223,6 +249,8 @@ def pool_specs(draw: st.DrawFn) -> dict[str, Any]:
         spec["capabilities"] = draw(st.lists(hostile_text, max_size=2))
     if draw(st.booleans()):
         spec["allowedHosts"] = draw(st.lists(hostile_text, max_size=2))
+    if draw(st.booleans()):
+        spec["rules"] = draw(rules)
     return spec
 
 
