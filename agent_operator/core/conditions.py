@@ -25,6 +25,22 @@ def set_condition(conditions: list[Condition], new: Condition) -> list[Condition
     return [c for c in conditions if c.type != new.type] + [new]
 
 
+def pool_conditions(
+    problems: list[str], conditions: list[Condition], generation: int | None, now: datetime
+) -> list[Condition]:
+    """An AgentPool's Ready condition: False, naming each rule that does not compile (the
+    plans of its tasks are refused for it), else True."""
+    ready = Condition(
+        type="Ready",
+        status=F if problems else T,
+        reason=Reason.invalid_rules if problems else Reason.rules_valid,
+        message="; ".join(problems) or "every safety rule compiles",
+        last_transition_time=now,
+        observed_generation=generation,
+    )
+    return set_condition(conditions, ready)
+
+
 def task_conditions(status: AgentTaskStatus, task: AgentTask, now: datetime) -> list[Condition]:
     """Planned, Approved, Progressing and Ready, derived from the status."""
     gen = task.metadata.generation

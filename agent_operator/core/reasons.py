@@ -34,6 +34,9 @@ class Reason(StrEnum):
     invalid_pool_template = "InvalidPoolTemplate"  # the pool's template makes no safe pod
     request_refused = "RequestRefused"  # the API server refused a request for good (4xx)
     invalid_spec = "InvalidSpec"  # the object is not an AgentTask the operator can read
+    # --- an AgentPool -------------------------------------------------------------------
+    rules_valid = "RulesValid"  # every safety rule of the pool compiles
+    invalid_rules = "InvalidRules"  # a rule's condition does not compile: its tasks fail
     # --- a task goes on -----------------------------------------------------------------
     steps_running = "StepsRunning"
     waiting_for_approval = "WaitingForApproval"

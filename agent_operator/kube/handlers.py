@@ -13,8 +13,10 @@ import kopf
 import prometheus_client
 from kubernetes import client, config
 
-from agent_operator.api import GROUP, VERSION, ApprovalPhase
+from agent_operator.api import GROUP, VERSION, AgentPoolSpec, ApprovalPhase, Condition, Safety
+from agent_operator.core.conditions import pool_conditions
 from agent_operator.core.decide import Event, EventKind
+from agent_operator.core.safety import rule_problems
 from agent_operator.driver import BackOff, Done
 from agent_operator.kube import metrics
 from agent_operator.kube.cache import LabelledCache, Obj
@@ -347,10 +349,20 @@ def pool_status(
         "queued": queued,
         "selector": pool_selector(name),
         "observedGeneration": meta.get("generation"),
+        "conditions": _pool_conditions(spec, meta, status),
     }
     changed = {k: v for k, v in wanted.items() if status.get(k) != v}
     if changed:
         patch.status.update(changed)
+
+
+def _pool_conditions(spec: kopf.Spec, meta: kopf.Meta, status: kopf.Status) -> list[Obj]:
+    """The pool's Ready condition, as its status shows it (the schema admitted the spec)."""
+    pool = AgentPoolSpec.model_validate(dict(spec))
+    old = [Condition.model_validate(c) for c in status.get("conditions", [])]
+    problems = rule_problems(pool, Safety())
+    ready = pool_conditions(problems, old, meta.get("generation"), datetime.now(UTC))
+    return [c.wire() for c in ready]
 
 
 @kopf.on.startup()

@@ -298,3 +298,29 @@ def test_approvals_pending_follows_the_requests_through_a_conflict_and_a_restart
             "approvalrequests", first["metadata"]["name"], {"spec": {"decision": "Approved"}}
         )
         eventually(lambda: gauge() == 1, what="one pending after a decision")
+
+
+# --- 12.5: a pool's safety rule that does not compile ---------------------------------------
+
+
+def test_a_pool_rule_that_does_not_compile_is_its_ready_condition_and_fails_its_tasks(
+    cluster: Emulated, operator: kopf.Memo
+) -> None:
+    bad = {"name": "typo", "condition": "tool ==", "effect": "Deny"}
+    cluster.create("agentpools", pool("ruled", rules=[bad]))
+
+    def ready() -> dict[str, Any] | None:
+        status = cluster.get("agentpools", "ruled").get("status", {})
+        return conditions(status).get("Ready") if status.get("conditions") else None
+
+    said = eventually(ready, what="the pool's Ready condition")
+    assert (said["status"], said["reason"]) == ("False", "InvalidRules")
+    assert "spec.rules[0] ('typo').condition: does not parse as CEL" in said["message"]
+    cluster.create("agenttasks", agent_task("ruled", {**ONE_STEP, "poolRef": {"name": "ruled"}}))
+    status = wait_phase(cluster, "ruled", "Failed")
+    assert status["reason"] == "InvalidPlan" and "('typo')" in status["message"]
+    assert cluster.job_creations() == []
+
+    cluster.patch("agentpools", "ruled", {"spec": {"rules": [{**bad, "condition": "false"}]}})
+    fixed = eventually(lambda: (r := ready()) and r["status"] == "True" and r, what="Ready")
+    assert fixed["reason"] == "RulesValid"
