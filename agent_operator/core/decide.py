@@ -28,7 +28,6 @@ from agent_operator.api import (
     OnReject,
     PlannedStep,
     RiskAssessment,
-    RuleMatch,
     StepPhase,
     StepStatus,
     TaskPhase,
@@ -39,11 +38,10 @@ from agent_operator.core.plan import InvalidPlan, PlanningResult, build_plan
 from agent_operator.core.reasons import Reason
 from agent_operator.core.safety import (
     assess,
-    denial,
     in_window,
-    matching_rules,
     next_window_open,
     rules_of,
+    step_matches,
     tightest,
 )
 from agent_operator.core.summary import summarize
@@ -691,11 +689,9 @@ def _prepare(
         return _StepView(
             StepPhase.failed, reason=Reason.params_too_large, message=f"params: {too_large}"
         ), None
-    matches = matching_rules(rules_of(observed.pool, spec.safety), step.tool, params)
-    denied = denial(matches)
+    risk, denied = _risk_at_start(observed, step, params)
     if denied:
         return _StepView(StepPhase.failed, reason=Reason.denied_by_rule, message=denied), None
-    risk = _risk_at_start(observed, step, params, matches)
     if risk.requires_approval:
         gate = _approval_gate(observed, step, params, risk, actions, wake)
         if gate is not None:
@@ -714,22 +710,25 @@ def _prepare(
 
 
 def _risk_at_start(
-    observed: Observed, step: PlannedStep, params: dict[str, Any], matches: list[RuleMatch]
-) -> RiskAssessment:
+    observed: Observed, step: PlannedStep, params: dict[str, Any]
+) -> tuple[RiskAssessment, str | None]:
     """The verdict on the params the step will run with (a placeholder may have filled in
-    what a rule or the policy looks for), never looser than the plan's."""
+    what a rule or the policy looks for), never looser than the plan's; and why a Deny
+    rule refuses the step, if one does."""
     tool = observed.registry.get(step.tool)
     if tool is None:  # gone from the registry since planning: the plan's verdict stands
-        return step.risk
+        return step.risk, None
+    safety = observed.task.spec.safety
+    matches, denied = step_matches(rules_of(observed.pool, safety), tool, params)
     now = assess(
         step.model_copy(update={"params": params}),
         tool.effective_risk(params, observed.registry),
         tool,
-        observed.task.spec.safety,
+        safety,
         step.timeout_seconds,
         matches,
     )
-    return tightest(step.risk, now)
+    return tightest(step.risk, now), "; ".join(denied) or None
 
 
 def _approval_gate(

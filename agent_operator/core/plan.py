@@ -11,11 +11,10 @@ from agent_operator.core import cel
 from agent_operator.core.cel import CelError
 from agent_operator.core.safety import (
     assess,
-    denial,
-    matching_rules,
     policy_problems,
     rule_problems,
     rules_of,
+    step_matches,
 )
 from agent_operator.core.templating import (
     is_placeholder,
@@ -178,10 +177,9 @@ def build_plan(
     for index, step in enumerate(steps):
         tool = registry.get(step.tool)
         assert tool is not None  # checked above
-        matches = matching_rules(rules, step.tool, step.params)
-        denied = denial(matches)
+        matches, denied = step_matches(rules, tool, step.params)
         if denied:
-            problems.append(f"step {step.id!r} (steps[{index}]): {denied}")
+            problems += [f"step {step.id!r} (steps[{index}]): {d}" for d in denied]
             continue
         timeout = step.timeout_seconds or int(tool.timeout_seconds)
         planned.append(

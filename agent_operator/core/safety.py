@@ -104,12 +104,16 @@ def step_target(params: dict[str, Any]) -> tuple[str, str]:
 
 
 def matching_rules(
-    rules: Sequence[tuple[str, str, SafetyRule]], tool: str, params: dict[str, Any]
+    rules: Sequence[tuple[str, str, SafetyRule]], tool: str, params: dict[str, Any] | None
 ) -> list[RuleMatch]:
     """The rules that hold for a call of `tool` with `params`. A condition that cannot be
-    evaluated for it (a missing param, a wrong type) holds: a rule fails closed."""
-    namespace, host = step_target(params)
-    variables = {"tool": tool, "params": params, "namespace": namespace, "host": host}
+    evaluated for it (a missing param, a wrong type) holds: a rule fails closed. `params`
+    None: not known before the call (a sub-agent picks them), so `params`, `namespace` and
+    `host` are not defined, and a rule that looks at them holds for `tool`."""
+    variables: dict[str, Any] = {"tool": tool}
+    if params is not None:
+        namespace, host = step_target(params)
+        variables |= {"params": params, "namespace": namespace, "host": host}
     matches = []
     for source, _where, rule in rules:
         message = rule.message
@@ -129,6 +133,23 @@ def matching_rules(
                 )
             )
     return matches
+
+
+def step_matches(
+    rules: Sequence[tuple[str, str, SafetyRule]],
+    tool: ToolSpec,
+    params: dict[str, Any],
+) -> tuple[list[RuleMatch], list[str]]:
+    """The rules that hold for a step, and why Deny rules refuse it: for its own call, and
+    for each tool it may call in turn (a sub-agent's), whose params are not known yet."""
+    matches = matching_rules(rules, tool.name, params)
+    denied = [d] if (d := denial(matches)) else []
+    for called in tool.calls(params):
+        theirs = matching_rules(rules, called, None)
+        if d := denial(theirs):
+            denied.append(f"it may call tool {called!r}, {d}")
+        matches += [m for m in theirs if m not in matches]
+    return matches, denied
 
 
 def denial(matches: Sequence[RuleMatch]) -> str | None:

@@ -135,6 +135,24 @@ def test_the_target_of_a_step_comes_from_its_namespace_manifest_or_url() -> None
     assert step_target({"namespace": 3, "url": 4}) == ("", "")
 
 
+def react(*tools: str) -> dict[str, Any]:
+    return {"id": "r", "tool": "react_agent", "params": {"goal": "tidy", "tools": list(tools)}}
+
+
+def test_a_sub_agent_is_held_to_the_rules_for_every_tool_it_may_call() -> None:
+    """It picks the params of its calls at run time, so a rule that looks at them holds for
+    each tool it may call: the sub-agent cannot get past a rule the steps are held to."""
+    model = {"model": {"model": "m", "baseURL": "http://llm.internal/v1"}}
+    pool = {"rules": [NO_DROP], **model}
+    said = problems([react("sql_execute", "noop")], pool)
+    assert "it may call tool 'sql_execute', denied by the pool's rule 'no-drop'" in said
+    [planned] = plan([react("noop")], pool)  # the rule is false for noop, whatever its params
+    assert planned.risk.rules == []
+    [planned] = plan([react("noop")], {"rules": [PROD_NEEDS_APPROVAL], **model})
+    assert planned.risk.requires_approval  # it may call noop in namespace prod
+    assert [m.name for m in planned.risk.rules] == ["prod"]
+
+
 # --- again when the step starts, with its substituted params --------------------------
 
 
