@@ -15,6 +15,9 @@ from celpy.evaluation import CELEvalError
 __all__ = ["CelError", "check", "holds"]
 
 
+MAX_ERROR_CHARS = 120
+
+
 class CelError(Exception):
     """An expression does not compile, cannot be evaluated, or is not true or false."""
 
@@ -26,6 +29,8 @@ def _program(expression: str) -> celpy.Runner:
         return env.program(env.compile(expression))
     except CELParseError as error:
         raise CelError("does not parse as CEL: " + " ".join(str(error).split())) from None
+    except RecursionError:
+        raise CelError("does not parse as CEL: nested too deeply") from None
 
 
 def check(expression: str) -> None:
@@ -34,14 +39,25 @@ def check(expression: str) -> None:
 
 
 def holds(expression: str, variables: Mapping[str, Any]) -> bool:
-    """The expression's value for `variables` (JSON values), which must be true or false."""
-    activation = {name: json_to_cel(value) for name, value in variables.items()}
+    """The expression's value for `variables` (JSON values), which must be true or false.
+
+    Whatever goes wrong is a CelError: values CEL cannot hold (an int beyond 64 bits),
+    nesting too deep to evaluate, an unknown name. Its message is short and shows none of
+    the variables (celpy's own text can quote them all, secrets included)."""
+    program = _program(expression)
     try:
-        result = _program(expression).evaluate(activation)
-    except CELEvalError as error:
-        raise CelError(f"cannot be evaluated: {error.args[0] if error.args else error}") from None
+        result = program.evaluate({name: json_to_cel(v) for name, v in variables.items()})
+    except Exception as error:  # celpy raises more than CELEvalError (overflow, recursion)
+        raise CelError(f"cannot be evaluated: {_first_clause(error)}") from None
     if isinstance(result, CELEvalError):
-        raise CelError(f"cannot be evaluated: {result.args[0] if result.args else result}")
+        raise CelError(f"cannot be evaluated: {_first_clause(result)}")
     if not isinstance(result, celtypes.BoolType):
-        raise CelError(f"must be true or false, got {result!r}")
+        raise CelError(f"must be true or false, got a {type(result).__name__}")
     return bool(result)
+
+
+def _first_clause(error: BaseException) -> str:
+    """What went wrong, without the values involved: the error's first clause, bounded."""
+    text = str(error.args[0] if error.args else error) or type(error).__name__
+    clause = text.split(" (in activation", 1)[0].split(",", 1)[0].split("\n", 1)[0]
+    return clause[:MAX_ERROR_CHARS]

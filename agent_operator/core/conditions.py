@@ -26,14 +26,18 @@ def set_condition(conditions: list[Condition], new: Condition) -> list[Condition
 
 
 def pool_conditions(
-    problems: list[str], conditions: list[Condition], generation: int | None, now: datetime
+    problems: list[str],
+    conditions: list[Condition],
+    generation: int | None,
+    now: datetime,
+    reason: Reason | None = None,
 ) -> list[Condition]:
-    """An AgentPool's Ready condition: False, naming each rule that does not compile (the
-    plans of its tasks are refused for it), else True."""
+    """An AgentPool's Ready condition: False, naming each problem (by default: rules that
+    do not compile, for which the plans of its tasks are refused), else True."""
     ready = Condition(
         type="Ready",
         status=F if problems else T,
-        reason=Reason.invalid_rules if problems else Reason.rules_valid,
+        reason=(reason or Reason.invalid_rules) if problems else Reason.rules_valid,
         message="; ".join(problems) or "every safety rule compiles",
         last_transition_time=now,
         observed_generation=generation,

@@ -38,7 +38,9 @@ from agent_operator.core.plan import InvalidPlan, PlanningResult, build_plan
 from agent_operator.core.reasons import Reason
 from agent_operator.core.safety import (
     assess,
+    denial,
     in_window,
+    matching_rules,
     next_window_open,
     rules_of,
     step_matches,
@@ -466,7 +468,7 @@ def _run(observed: Observed, status: AgentTaskStatus, merged: list[StepRun]) -> 
 
     views: dict[str, _StepView] = {}
     wake: list[datetime] = []
-    ready: list[tuple[PlannedStep, int, dict[str, Any]]] = []
+    ready: list[tuple[PlannedStep, _Start]] = []
     by_id = {s.id: s for s in plan}
     order = TopologicalSorter({s.id: s.depends_on for s in plan}).static_order()
     for step_id in order:
@@ -474,7 +476,7 @@ def _run(observed: Observed, status: AgentTaskStatus, merged: list[StepRun]) -> 
         view, start = _step_view(observed, step, runs.get(step_id, []), views, actions, wake)
         views[step_id] = view
         if start is not None:
-            ready.append((step, *start))
+            ready.append((step, start))
 
     failed = [sid for sid, v in views.items() if v.phase == StepPhase.failed]
     in_flight = sum(1 for v in views.values() if v.phase == StepPhase.running)
@@ -482,7 +484,7 @@ def _run(observed: Observed, status: AgentTaskStatus, merged: list[StepRun]) -> 
     if not failed and not spec.suspend:
         slots = _slots(observed, in_flight)
         ready.sort(key=lambda r: plan.index(r[0]))
-        for step, attempt, params in ready:
+        for step, start in ready:
             if slots <= 0:
                 views[step.id].phase, views[step.id].reason = (
                     StepPhase.queued,
@@ -496,17 +498,17 @@ def _run(observed: Observed, status: AgentTaskStatus, merged: list[StepRun]) -> 
             actions.append(
                 StartStep(
                     step_id=step.id,
-                    attempt=attempt,
+                    attempt=start.attempt,
                     tool=step.tool,
-                    params=params,
+                    params=start.params,
                     timeout_seconds=step.timeout_seconds,
-                    requires_approval=step.risk.requires_approval,
+                    requires_approval=start.requires_approval,
                     approved_by=(approval.decided_by or UNRECORDED_APPROVER) if approval else None,
                 )
             )
             views[step.id] = _StepView(
                 phase=StepPhase.running,
-                attempt=attempt,
+                attempt=start.attempt,
                 started_at=now,
                 reason=Reason.starting,
                 message=None,
@@ -595,8 +597,8 @@ def _step_view(
     views: Mapping[str, _StepView],
     actions: list[Action],
     wake: list[datetime],
-) -> tuple[_StepView, tuple[int, dict[str, Any]] | None]:
-    """A step's view, and (attempt, params) when it should start now."""
+) -> tuple[_StepView, _Start | None]:
+    """A step's view, and how it starts when it should start now."""
     now = observed.now
     if runs:
         latest = runs[-1]
@@ -651,6 +653,16 @@ def _attempts_message(attempts: int, last: str | None) -> str:
     return f"failed after {attempts} {plural}: {last or 'no message'}"
 
 
+@dataclass(frozen=True)
+class _Start:
+    """How a ready step starts: its attempt, substituted params, and whether the verdict
+    made with them (at start, never looser than the plan's) required approval."""
+
+    attempt: int
+    params: dict[str, Any]
+    requires_approval: bool
+
+
 def _prepare(
     observed: Observed,
     step: PlannedStep,
@@ -658,7 +670,7 @@ def _prepare(
     attempt: int,
     actions: list[Action],
     wake: list[datetime],
-) -> tuple[_StepView, tuple[int, dict[str, Any]] | None]:
+) -> tuple[_StepView, _Start | None]:
     """Whether a step with no run in flight may start: dependencies, when, params, approval."""
     spec, now = observed.task.spec, observed.now
     deps = [views[d] for d in step.depends_on]
@@ -706,7 +718,7 @@ def _prepare(
             f"starts at {opens:%Y-%m-%d %H:%M} UTC",
         )
         return pending, None
-    return pending, (attempt, params)
+    return pending, _Start(attempt, params, risk.requires_approval)
 
 
 def _risk_at_start(
@@ -715,11 +727,12 @@ def _risk_at_start(
     """The verdict on the params the step will run with (a placeholder may have filled in
     what a rule or the policy looks for), never looser than the plan's; and why a Deny
     rule refuses the step, if one does."""
+    safety = observed.task.spec.safety
+    rules = rules_of(observed.pool, safety)
     tool = observed.registry.get(step.tool)
     if tool is None:  # gone from the registry since planning: the plan's verdict stands
-        return step.risk, None
-    safety = observed.task.spec.safety
-    matches, denied = step_matches(rules_of(observed.pool, safety), tool, params)
+        return step.risk, denial(matching_rules(rules, step.tool, params))
+    matches, denied = step_matches(rules, tool, params)
     now = assess(
         step.model_copy(update={"params": params}),
         tool.effective_risk(params, observed.registry),

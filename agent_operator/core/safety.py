@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
+
+import httpx
 
 from agent_contract import RiskLevel, ToolRegistry, ToolSpec
 from agent_operator.api import (
@@ -96,9 +97,9 @@ def step_target(params: dict[str, Any]) -> tuple[str, str]:
         metadata = manifest.get("metadata")
         namespace = metadata.get("namespace") if isinstance(metadata, dict) else None
     url = params.get("url")
-    try:
-        host = (urlsplit(url).hostname or "") if isinstance(url, str) else ""
-    except ValueError:  # not a URL: it names no host
+    try:  # as the runtime's HTTP client reads it (IDNA: "api\u3002x.com" is "api.x.com")
+        host = httpx.URL(url).host if isinstance(url, str) else ""
+    except (httpx.InvalidURL, ValueError, UnicodeError):  # not a URL: it names no host
         host = ""
     return (namespace if isinstance(namespace, str) else ""), host
 
@@ -222,17 +223,20 @@ def assess(
 
 def tightest(planned: RiskAssessment, now: RiskAssessment) -> RiskAssessment:
     """The verdict on a step as it starts (`now`, for its substituted params) held to the
-    plan's: a step never needs less approval or carries less risk than its plan said."""
+    plan's: a step never needs less approval or carries less risk than its plan said, and
+    what either verdict found (risks, rules) is kept for the person who approves it."""
     if now.level >= planned.level and now.requires_approval >= planned.requires_approval:
-        return now
-    if planned.level >= now.level and planned.requires_approval >= now.requires_approval:
-        return planned
-    return RiskAssessment(
-        level=max(planned.level, now.level, key=lambda r: r.rank),
-        requires_approval=True,  # one of them requires it, or the other would be tighter
-        risks=list(dict.fromkeys([*planned.risks, *now.risks])),
-        mitigations=list(dict.fromkeys([*planned.mitigations, *now.mitigations])),
-        rules=[*planned.rules, *(m for m in now.rules if m not in planned.rules)],
+        base = now
+    elif planned.level >= now.level and planned.requires_approval >= now.requires_approval:
+        base = planned
+    else:  # each is tighter in one way: one of them requires approval
+        base = now.model_copy(update={"level": planned.level, "requires_approval": True})
+    return base.model_copy(
+        update={
+            "risks": list(dict.fromkeys([*planned.risks, *now.risks])),
+            "mitigations": base.mitigations,
+            "rules": [*planned.rules, *(m for m in now.rules if m not in planned.rules)],
+        }
     )
 
 

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 T = TypeVar("T")
+PING_TIMEOUT_SECONDS = 5  # a hung API server must not hold the probe for good
 
 
 class Cluster:
@@ -132,7 +133,10 @@ class Cluster:
 
     def ping(self) -> None:
         """Raise Transient unless the API server answers now (its version: anyone may read it)."""
-        _call("read the API server's version", lambda: client.VersionApi(self.api).get_code())
+        _call(
+            "read the API server's version",
+            lambda: client.VersionApi(self.api).get_code(_request_timeout=PING_TIMEOUT_SECONDS),
+        )
 
     def approvals_of_task(self, namespace: str, task_uid: str) -> list[Obj]:
         listing: Any = _call(

@@ -12,10 +12,12 @@ from typing import Any
 import kopf
 import prometheus_client
 from kubernetes import client, config
+from pydantic import ValidationError
 
 from agent_operator.api import GROUP, VERSION, AgentPoolSpec, ApprovalPhase, Condition, Safety
 from agent_operator.core.conditions import pool_conditions
 from agent_operator.core.decide import Event, EventKind
+from agent_operator.core.reasons import Reason
 from agent_operator.core.safety import rule_problems
 from agent_operator.driver import BackOff, Done
 from agent_operator.kube import metrics
@@ -357,11 +359,17 @@ def pool_status(
 
 
 def _pool_conditions(spec: kopf.Spec, meta: kopf.Meta, status: kopf.Status) -> list[Obj]:
-    """The pool's Ready condition, as its status shows it (the schema admitted the spec)."""
-    pool = AgentPoolSpec.model_validate(dict(spec))
-    old = [Condition.model_validate(c) for c in status.get("conditions", [])]
-    problems = rule_problems(pool, Safety())
-    ready = pool_conditions(problems, old, meta.get("generation"), datetime.now(UTC))
+    """The pool's Ready condition, as its status shows it: False when its spec does not
+    parse (an API server without this CRD's schema let it in) or a rule does not compile."""
+    try:
+        old = [Condition.model_validate(c) for c in status.get("conditions", [])]
+    except ValidationError:  # conditions someone else wrote: ours replace them
+        old = []
+    try:
+        problems, reason = rule_problems(AgentPoolSpec.model_validate(dict(spec)), Safety()), None
+    except ValidationError as error:
+        problems, reason = [f"the AgentPool does not parse: {error}"], Reason.invalid_spec
+    ready = pool_conditions(problems, old, meta.get("generation"), datetime.now(UTC), reason)
     return [c.wire() for c in ready]
 
 

@@ -140,6 +140,8 @@ class Wakers:
         """`seconds`, whatever wakes come meanwhile (the next pass observes what they were
         about anyway), unless roused."""
         waker = self._loops[uid]
+        # A rouse meant for an earlier back-off is stale (this one's probe starts after it).
+        waker.roused.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(waker.roused.wait(), max(seconds, 0.0))
         waker.event.clear()
@@ -188,9 +190,12 @@ class Recovery:
             ).start()
 
     def forget(self, uid: str) -> None:
-        """The loop's pass went through (or the loop ended): the next failure may rouse."""
+        """The loop's pass went through (or the loop ended): nothing to rouse it for, and
+        its next failure may rouse it."""
         with self._lock:
             self._roused.discard(uid)
+            for waiting in self._waiting.values():
+                waiting.discard(uid)
 
     def _probe(self, cause: str) -> None:
         while not self._stop.wait(self._interval):

@@ -10,8 +10,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from agent_contract import RiskLevel
-from agent_operator.api import AgentPoolSpec, RuleEffect, SafetyRule, TaskPhase
+from agent_contract import RiskLevel, ToolRegistry
+from agent_operator.api import AgentPoolSpec, ApprovalPhase, RuleEffect, SafetyRule, TaskPhase
 from agent_operator.core.decide import RequestApproval, StartStep
 from agent_operator.core.plan import InvalidPlan, build_plan
 from agent_operator.core.reasons import Reason
@@ -132,6 +132,8 @@ def test_the_target_of_a_step_comes_from_its_namespace_manifest_or_url() -> None
     )
     assert step_target({"manifest": {"metadata": {"namespace": "m"}}}) == ("m", "")
     assert step_target({"url": "http://[::1"}) == ("", "")  # not a URL: no host
+    # As the HTTP client reads it: an ideographic full stop is a dot (IDNA).
+    assert step_target({"url": "http://api\u3002evil.com/"}) == ("", "api.evil.com")
     assert step_target({"namespace": 3, "url": 4}) == ("", "")
 
 
@@ -206,6 +208,42 @@ def test_a_step_the_rules_let_through_at_start_keeps_its_plans_verdict() -> None
     d = w.step()
     [start] = [a for a in d.actions if isinstance(a, StartStep)]
     assert (start.step_id, start.params) == ("b", {"statement": "UPDATE t SET a = 1"})
+    assert not start.requires_approval  # high risk, under the permissive policy
+
+
+def test_the_runtime_is_told_of_an_approval_a_rule_required_at_start() -> None:
+    delete = {
+        "id": "b",
+        "tool": "kubernetes_get",
+        "params": {"apiVersion": "v1", "kind": "Pod", "name": "p", "namespace": "${inputs.ns}"},
+    }
+    w = chain(delete, {"rules": [PROD_NEEDS_APPROVAL]}, inputs={"ns": "prod"})
+    w.finish("a")
+    w.step()
+    w.decide_approval("b", ApprovalPhase.approved, by="alice")
+    [start] = [a for a in w.step().actions if isinstance(a, StartStep)]
+    assert (start.requires_approval, start.approved_by) == (True, "alice")
+
+
+def test_a_deny_rule_holds_at_start_for_a_tool_gone_from_the_registry() -> None:
+    w = chain(sql("${steps.a.outputs.sql}", "b"), {"rules": [NO_DROP]})
+    w.registry = ToolRegistry([spec for spec in REGISTRY if spec.name != "sql_execute"])
+    w.finish("a", outputs={"sql": "DROP TABLE users"})
+    d = w.step()
+    assert not [a for a in d.actions if isinstance(a, StartStep)]
+    assert w.phase_of("b") == "Failed"
+
+
+def test_a_condition_that_breaks_celpy_holds_and_its_message_shows_no_params() -> None:
+    """Values CEL cannot hold, nesting too deep and unknown names are each a rule that
+    holds, with a short message: celpy's own text quotes every variable."""
+    secret = "hunter2-" + "x" * 200
+    for condition in ("namespce == 'prod'", "params.n > 1", "!" * 2000 + "true"):
+        rule = {"name": "r", "condition": condition, "effect": "Deny"}
+        step = {"id": "n", "tool": "noop", "params": {"n": 2**70, "password": secret}}
+        said = problems([step], {"rules": [rule]})
+        assert "denied by the pool's rule 'r': its condition" in said, said
+        assert secret not in said and len(said) < 400, said
 
 
 def test_the_readmes_rules_do_what_it_says() -> None:

@@ -82,6 +82,18 @@ def test_a_loop_is_roused_once_until_a_pass_of_it_goes_through(
     eventually(lambda: roused.uids == ["a", "a"], what="roused again")
 
 
+def test_a_loop_whose_pass_went_through_meanwhile_is_not_roused(
+    recovery: Recovery, outage: Outage, roused: Roused
+) -> None:
+    outage.down.set()
+    recovery.backing_off("a", "store")
+    recovery.backing_off("b", "store")
+    recovery.forget("a")  # its delay ran out and its next pass went through (or it ended)
+    outage.down.clear()
+    eventually(lambda: roused.uids == ["b"], what="b roused")
+    assert "a" not in roused.uids
+
+
 def test_a_cause_with_no_probe_rouses_nobody(recovery: Recovery, roused: Roused) -> None:
     recovery.backing_off("a", "unexpected")  # a defect: the loop waits its delay out
     recovery.backing_off("b", "store")
