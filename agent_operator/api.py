@@ -503,7 +503,9 @@ class ApprovalRequestSpec(ApiModel):
                     "&& self.tool == oldSelf.tool && self.risk == oldSelf.risk "
                     "&& self.expiresAt == oldSelf.expiresAt "
                     "&& has(self.params) == has(oldSelf.params) "
-                    "&& (!has(self.params) || self.params == oldSelf.params)",
+                    "&& (!has(self.params) || self.params == oldSelf.params) "
+                    "&& has(self.paramsDigest) == has(oldSelf.paramsDigest) "
+                    "&& (!has(self.paramsDigest) || self.paramsDigest == oldSelf.paramsDigest)",
                     "message": "only spec.decision, spec.reason and spec.decidedBy may be set; "
                     "what is being approved cannot change",
                 },
@@ -524,6 +526,12 @@ class ApprovalRequestSpec(ApiModel):
     step_id: str = Field(description="The step waiting for approval.")
     tool: str = Field(description="The tool the step calls.")
     params: FreeForm = Field(default_factory=dict, description="Parameters, secrets redacted.")
+    params_digest: str | None = Field(
+        default=None,
+        max_length=64,
+        description="SHA-256 of the params before redaction: the decision holds for "
+        "those params only.",
+    )
     risk: RiskAssessment = Field(description="Why approval is needed.")
     expires_at: datetime = Field(description="After this time the step fails (ApprovalExpired).")
     decision: ApprovalDecision | None = Field(

@@ -35,6 +35,7 @@ from agent_operator.core.decide import (
     StartStep,
     StepRun,
     StopStep,
+    params_digest,
 )
 from agent_operator.core.invocation import step_invocation
 from agent_operator.core.naming import job_name
@@ -151,7 +152,12 @@ class EmbeddedRun:
             elif isinstance(action, RequestApproval):
                 phase, by, reason = self.approver(action)
                 self.approvals[action.step_id] = ApprovalView(
-                    action.step_id, phase, action.expires_at, decided_by=by, reason=reason
+                    action.step_id,
+                    phase,
+                    action.expires_at,
+                    decided_by=by,
+                    reason=reason,
+                    params_digest=params_digest(action.params),
                 )
                 self._acted = True
             elif isinstance(action, ExpireApproval):

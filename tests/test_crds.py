@@ -705,6 +705,8 @@ CASES: dict[tuple[str, str, str], list[Case]] = {
             {**ASK, "params": {"table": "users"}}, False, old={**ASK, "params": {"table": "orders"}}
         ),
         Case({**ASK, "params": {"table": "users"}}, False, old=ASK),
+        Case({**APPROVED, "paramsDigest": "b" * 64}, False, old={**ASK, "paramsDigest": "a" * 64}),
+        Case({**APPROVED, "paramsDigest": "a" * 64}, True, old={**ASK, "paramsDigest": "a" * 64}),
         Case(DECIDED, True, old=ASK),
     ],
     ("ApprovalRequest", "spec", "spec.decidedBy is set together with spec.decision"): [

@@ -10,6 +10,8 @@ attempt, and the step's retries decide what follows.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -100,6 +102,15 @@ class ApprovalView:
     expires_at: datetime
     decided_by: str | None = None
     reason: str | None = None
+    params_digest: str | None = None  # of the params it asked about; None: not recorded
+
+
+def params_digest(params: Mapping[str, Any]) -> str:
+    """What an approval is bound to: the step's params as it asked about them (before any
+    redaction), so an approval given for some params never lets others run (spec.inputs
+    may change while a step waits)."""
+    text = json.dumps(params, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -769,7 +780,14 @@ def _approval_gate(
             message=_why(risk, step.tool),
         )
     if approval.phase == ApprovalPhase.approved:
-        return None
+        if approval.params_digest in (None, params_digest(params)):
+            return None
+        return _StepView(
+            StepPhase.failed,
+            reason=Reason.approval_stale,
+            message="approved for other params than it would start with (spec.inputs "
+            "changed since it asked); create a new AgentTask to ask again",
+        )
     if approval.phase == ApprovalPhase.rejected:
         by = f" by {approval.decided_by}" if approval.decided_by else ""
         why = f": {approval.reason}" if approval.reason else ""

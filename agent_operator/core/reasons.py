@@ -52,6 +52,7 @@ class Reason(StrEnum):
     when_error = "WhenError"  # its `when` could not be evaluated
     missing_output = "MissingOutput"  # a ${steps...} reference names no such output
     params_too_large = "ParamsTooLarge"  # substituted params over the step's limit
+    approval_stale = "ApprovalStale"  # approved for other params than it would start with
     denied_by_rule = "DeniedByRule"  # a Deny safety rule holds for its substituted params
     timed_out = TIMED_OUT  # ran into its timeout (the runtime's word, or the operator's)
     lost = "Lost"  # started, then its Job or process vanished with no outcome recorded

@@ -23,7 +23,12 @@ from agent_operator.api import (
     ObjectMeta,
     TaskRef,
 )
-from agent_operator.core.decide import DEADLINE_GRACE_SECONDS, RequestApproval, StartStep
+from agent_operator.core.decide import (
+    DEADLINE_GRACE_SECONDS,
+    RequestApproval,
+    StartStep,
+    params_digest,
+)
 from agent_operator.core.invocation import step_invocation
 from agent_operator.core.naming import MAX_JOB_NAME, job_name
 from agent_operator.redact import redact
@@ -185,6 +190,7 @@ def approval_request(task: AgentTask, request: RequestApproval) -> dict[str, Any
             step_id=request.step_id,
             tool=request.tool,
             params=redact(request.params),
+            params_digest=params_digest(request.params),
             risk=request.risk,
             expires_at=request.expires_at.astimezone(UTC).replace(microsecond=0),
         ),

@@ -134,6 +134,7 @@ def approval_view(obj: Obj) -> ApprovalView:
         expires_at=_time(spec["expiresAt"]),
         decided_by=status.get("decidedBy") or spec.get("decidedBy"),
         reason=spec.get("reason"),
+        params_digest=spec.get("paramsDigest"),
     )
 
 

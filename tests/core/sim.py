@@ -22,6 +22,7 @@ from agent_operator.core.decide import (
     StepRun,
     StopStep,
     decide,
+    params_digest,
 )
 
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
@@ -94,7 +95,10 @@ class World:
                 self.runs[key] = replace(self.runs[key], lingering=False)  # its Job is gone
             elif isinstance(action, RequestApproval):
                 self.approvals[action.step_id] = ApprovalView(
-                    action.step_id, ApprovalPhase.pending, action.expires_at
+                    action.step_id,
+                    ApprovalPhase.pending,
+                    action.expires_at,
+                    params_digest=params_digest(action.params),
                 )
             elif isinstance(action, ExpireApproval):
                 view = self.approvals[action.step_id]

@@ -259,3 +259,23 @@ def test_the_readmes_rules_do_what_it_says() -> None:
     [planned] = plan([prod], pool, safety={"level": "permissive"})
     assert planned.risk.level == RiskLevel.high and planned.risk.requires_approval
     assert [m.name for m in planned.risk.rules] == ["prod-approval", "careful-with-kube"]
+
+
+def test_an_approval_given_for_other_params_does_not_run_the_step() -> None:
+    """spec.inputs may change while a step waits; the approval was for what it asked about."""
+    step = {
+        "id": "b",
+        "tool": "kubernetes_get",
+        "params": {"apiVersion": "v1", "kind": "Pod", "name": "p", "namespace": "${inputs.ns}"},
+    }
+    w = chain(step, {}, inputs={"ns": "dev"}, safety={"requireApprovalFor": ["kubernetes_get"]})
+    w.finish("a")
+    [request] = [a for a in w.step().actions if isinstance(a, RequestApproval)]
+    assert request.params["namespace"] == "dev"
+    inputs = w.task.spec.model_copy(update={"inputs": {"ns": "prod"}})
+    w.task = w.task.model_copy(update={"spec": inputs})
+    w.decide_approval("b", ApprovalPhase.approved, by="alice")
+    d = w.step()
+    assert not [a for a in d.actions if isinstance(a, StartStep)]
+    [b] = [s for s in d.status.steps if s.id == "b"]
+    assert (b.phase.value, b.reason) == ("Failed", Reason.approval_stale)
