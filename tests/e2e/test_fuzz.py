@@ -95,6 +95,7 @@ json_leaves = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(min_value=-(2**53), max_value=2**53),
+    st.sampled_from([2**64, -(2**70)]),  # beyond what CEL and many parsers hold
     st.floats(allow_nan=False, allow_infinity=False),
     hostile_text,
 )
@@ -206,6 +207,9 @@ CONDITIONS = [
     "1/0 == 1",
     "params.x.matches('(')",
     "size(tool)",  # not true or false
+    "namespce == 'prod'",  # a typo: an unknown name, which celpy's error text quotes whole
+    "params.outputs.huge > 1",  # a value CEL may not hold (an int beyond 64 bits)
+    "!" * 2000 + "true",  # nesting too deep to evaluate
 ]
 rules = st.lists(
     st.fixed_dictionaries(
