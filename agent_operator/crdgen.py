@@ -278,6 +278,7 @@ RESOURCES = (
             Column("Replicas", "integer", ".spec.replicas"),
             Column("Running", "integer", ".status.running"),
             Column("Queued", "integer", ".status.queued"),
+            Column("Ready", "string", '.status.conditions[?(@.type=="Ready")].status'),
             AGE,
         ),
         scale=True,

@@ -178,6 +178,7 @@ COLUMNS = {
         ("Replicas", "integer", ".spec.replicas", 0),
         ("Running", "integer", ".status.running", 0),
         ("Queued", "integer", ".status.queued", 0),
+        ("Ready", "string", '.status.conditions[?(@.type=="Ready")].status', 0),
         AGE,
     ],
 }

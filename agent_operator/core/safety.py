@@ -78,8 +78,16 @@ def rules_of(pool: AgentPoolSpec, safety: Safety) -> list[tuple[str, str, Safety
 
 
 def rule_problems(pool: AgentPoolSpec, safety: Safety) -> list[str]:
-    """The rules whose condition does not compile, each named by field and name."""
-    problems = []
+    """The rules whose condition does not compile, and names used twice in one list (the
+    API server refuses those; a task file is read without it), each named by field."""
+    problems = [
+        f"{where}.name: {name!r} is used by more than one rule"
+        for where, names in (
+            ("the pool's spec.rules", [r.name for r in pool.rules]),
+            ("spec.safety.rules", [r.name for r in safety.rules]),
+        )
+        for name in sorted({n for n in names if names.count(n) > 1})
+    ]
     for _source, where, rule in rules_of(pool, safety):
         try:
             cel.check(rule.condition)

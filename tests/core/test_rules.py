@@ -118,6 +118,12 @@ def test_a_condition_that_does_not_compile_is_refused_naming_the_rule() -> None:
     assert "the pool's spec.rules[0] ('bad').condition: does not parse as CEL" in said
 
 
+def test_two_rules_of_one_name_are_refused() -> None:
+    twice = [NO_DROP, {**NO_DROP, "condition": "false"}]
+    said = problems([{"id": "n", "tool": "noop"}], safety={"rules": twice})
+    assert "spec.safety.rules.name: 'no-drop' is used by more than one rule" in said
+
+
 def test_a_condition_that_cannot_be_evaluated_holds() -> None:
     """Fail closed: `params.statement` on a step with no such param is an error, not false."""
     careless = {**NO_DROP, "condition": "params.statement.matches('drop')"}
