@@ -132,11 +132,20 @@ class Cluster:
         return str(response.data.decode(errors="replace"))
 
     def ping(self) -> None:
-        """Raise Transient unless the API server answers now (its version: anyone may read it)."""
-        _call(
-            "read the API server's version",
-            lambda: client.VersionApi(self.api).get_code(_request_timeout=PING_TIMEOUT_SECONDS),
+        """Raise unless the API server is ready now: /readyz (anyone may read it), which a
+        restarting server answers only once it serves every resource again; its /version
+        answers earlier, and a pass roused then would fail again."""
+        _call("read the API server's readiness", self._ready)
+
+    def _ready(self) -> None:
+        method, url, headers, body, post = self.api.param_serialize(
+            method="GET", resource_path="/readyz", auth_settings=["BearerToken"]
         )
+        response = self.api.call_api(
+            method, url, headers, body, post, _request_timeout=PING_TIMEOUT_SECONDS
+        )
+        if response.status != 200:
+            raise ApiException(status=response.status, reason="not ready")
 
     def approvals_of_task(self, namespace: str, task_uid: str) -> list[Obj]:
         listing: Any = _call(

@@ -199,6 +199,9 @@ class Recovery:
 
     def _probe(self, cause: str) -> None:
         while not self._stop.wait(self._interval):
+            with self._lock:
+                if not self._waiting[cause]:  # their passes went through, or they ended
+                    return
             try:
                 self._probes[cause]()
             except Exception:  # any failure: still down

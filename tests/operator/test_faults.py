@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import kopf
@@ -238,13 +239,15 @@ def through(relay: Relay, dsn: str) -> str:
     return relayed.render_as_string(hide_password=False)
 
 
-@pytest.mark.store
-def test_a_store_outage_holds_the_task_then_it_resumes_without_rerunning(
-    cluster: Emulated, relay: Relay, postgres_store_dsn: str
-) -> None:
+@contextmanager
+def step_one_running(
+    cluster: Emulated, relay: Relay, postgres_store_dsn: str, store_retry_seconds: float
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """An operator whose store is reached through `relay`, and the CHAIN task "outage" with
+    its first step running: the store's DSN and that step's Job."""
     dsn = through(relay, postgres_store_dsn)
     settings = OperatorSettings(
-        dsn=dsn, metrics_port=0, store_retry_seconds=0.5, api_retry_seconds=0.5
+        dsn=dsn, metrics_port=0, store_retry_seconds=store_retry_seconds, api_retry_seconds=0.5
     )
     with running_operator(settings):
         cluster.create("agenttasks", agent_task("outage", CHAIN))
@@ -253,7 +256,14 @@ def test_a_store_outage_holds_the_task_then_it_resumes_without_rerunning(
             lambda: task_status(cluster, "outage").get("steps", [{}])[0].get("phase") == "Running",
             what="step one Running",
         )
+        yield dsn, first
 
+
+@pytest.mark.store
+def test_a_store_outage_holds_the_task_then_it_resumes_without_rerunning(
+    cluster: Emulated, relay: Relay, postgres_store_dsn: str
+) -> None:
+    with step_one_running(cluster, relay, postgres_store_dsn, 0.5) as (dsn, first):
         relay.cut()
         before = api_errors("store")
         cluster.finish_job(first, succeeded({"n": 1}))
@@ -329,17 +339,7 @@ def test_a_task_backing_off_from_a_store_outage_looks_again_once_the_store_is_ba
     wait nearly as long again once the store is back (the fault bench saw 25 s after an
     API server restart). A probe finds the store back and rouses it: here its delay is
     the longest there is (30 s) and the task goes on well before that."""
-    dsn = through(relay, postgres_store_dsn)
-    settings = OperatorSettings(
-        dsn=dsn, metrics_port=0, store_retry_seconds=600, api_retry_seconds=0.5
-    )
-    with running_operator(settings):
-        cluster.create("agenttasks", agent_task("outage", CHAIN))
-        first = wait_job(cluster, "one", task="outage")
-        eventually(
-            lambda: task_status(cluster, "outage").get("steps", [{}])[0].get("phase") == "Running",
-            what="step one Running",
-        )
+    with step_one_running(cluster, relay, postgres_store_dsn, 600) as (_, first):
         before = api_errors("store")  # a pass in flight may be the one that fails
         relay.cut()
         cluster.finish_job(first, succeeded({"n": 1}))

@@ -116,3 +116,21 @@ def test_a_back_off_ends_when_roused_and_not_when_woken() -> None:
         await asyncio.wait_for(sleeping, 5)
 
     asyncio.run(backing_off())
+
+
+def test_the_probe_stops_once_nobody_waits(
+    recovery: Recovery, outage: Outage, roused: Roused
+) -> None:
+    """A probe that never succeeds (a server that forbids it, say) does not run on for good
+    once the loops that waited went through or ended."""
+    outage.down.set()
+    recovery.backing_off("a", "store")
+    eventually(lambda: outage.probes >= 2, what="probes while down")
+    recovery.forget("a")
+    time.sleep(0.05)
+    stopped = outage.probes
+    time.sleep(0.2)  # twenty probe intervals
+    assert outage.probes == stopped and roused.uids == []
+    recovery.backing_off("b", "store")  # a new back-off probes again
+    outage.down.clear()
+    eventually(lambda: roused.uids == ["b"], what="b roused")
