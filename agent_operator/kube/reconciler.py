@@ -186,7 +186,7 @@ class Recovery:
             self._waiting[cause].add(uid)
         if not probing:
             threading.Thread(
-                target=self._probe, args=(cause,), name=f"probe-{cause}", daemon=True
+                target=self._probe, args=(cause,), name=f"probe-{cause}-{id(self):x}", daemon=True
             ).start()
 
     def forget(self, uid: str) -> None:

@@ -344,7 +344,6 @@ def test_a_task_backing_off_from_a_store_outage_looks_again_once_the_store_is_ba
         relay.cut()
         cluster.finish_job(first, succeeded({"n": 1}))
         eventually(lambda: api_errors("store") > before, what="a pass to fail and back off")
-        time.sleep(2)  # the store stays down past a probe or two
         relay.restore()
         # Roused within a probe or two; waiting out the delay (30 s at most) would take
         # more than twice as long as this allows.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -36,6 +35,12 @@ class Outage:
         self.probes += 1
         if self.down.is_set():
             raise ConnectionError("refused")
+
+
+def probing(recovery: Recovery) -> bool:
+    """Whether a probe thread of `recovery` runs (named probe-<cause>-<its id>)."""
+    mine = f"-{id(recovery):x}"
+    return any(t.name.endswith(mine) and t.is_alive() for t in threading.enumerate())
 
 
 @pytest.fixture
@@ -74,8 +79,8 @@ def test_a_loop_is_roused_once_until_a_pass_of_it_goes_through(
     its doubling delay out, instead of a pass per probe."""
     recovery.backing_off("a", "store")
     eventually(lambda: roused.uids == ["a"], what="roused")
-    recovery.backing_off("a", "store")  # failed again
-    time.sleep(0.2)  # twenty probe intervals
+    recovery.backing_off("a", "store")  # failed again: no probe for it, nothing to rouse
+    eventually(lambda: not probing(recovery), what="no probe running")
     assert roused.uids == ["a"]
     recovery.forget("a")  # a pass went through; the next outage rouses it again
     recovery.backing_off("a", "store")
@@ -127,10 +132,8 @@ def test_the_probe_stops_once_nobody_waits(
     recovery.backing_off("a", "store")
     eventually(lambda: outage.probes >= 2, what="probes while down")
     recovery.forget("a")
-    time.sleep(0.05)
-    stopped = outage.probes
-    time.sleep(0.2)  # twenty probe intervals
-    assert outage.probes == stopped and roused.uids == []
+    eventually(lambda: not probing(recovery), what="the probe to stop")
+    assert roused.uids == []
     recovery.backing_off("b", "store")  # a new back-off probes again
     outage.down.clear()
     eventually(lambda: roused.uids == ["b"], what="b roused")
