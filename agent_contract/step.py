@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from agent_contract.mcp import MCPEndpoint
 from agent_contract.pricing import Prices
 
 __all__ = [
@@ -95,6 +96,8 @@ class StepInvocation(BaseModel):
     allowed_tools: list[str] | None = Field(default=None, alias="allowedTools")
     allowed_hosts: list[str] = Field(default_factory=list, alias="allowedHosts")
     model: ModelSettings | None = None
+    # Set for a step that calls a tool of an MCP server: where it is and how to reach it.
+    mcp: MCPEndpoint | None = None
 
 
 class StepResult(BaseModel):

@@ -87,6 +87,8 @@ class ToolSpec:
     # The tools one call may call in turn (a sub-agent's), so that planning holds them to the
     # pool's grants as if the plan called them itself.
     calls_for: Callable[[dict[str, Any]], list[str]] | None = None
+    # Every call needs a person's approval, whatever its risk (an MCP server's override).
+    requires_approval: bool = False
 
     def effective_risk(self, params: dict[str, Any], registry: ToolRegistry) -> RiskLevel:
         """The risk of calling this tool with `params` (the safety policy's input)."""
@@ -157,6 +159,10 @@ class ToolRegistry(ByName[ToolSpec]):
 
     def name_of(self, item: ToolSpec) -> str:
         return item.name
+
+    def with_tools(self, tools: Iterable[ToolSpec]) -> ToolRegistry:
+        """This registry and `tools` (an MCP server's, say) in a new one."""
+        return type(self)([*self, *tools])
 
     @classmethod
     def default(cls) -> ToolRegistry:

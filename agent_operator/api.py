@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from agent_contract import Prices, RiskLevel, Usage
+from agent_contract.mcp import MCPTransport
 
 GROUP = "agentoperator.io"
 VERSION = "v1alpha1"
@@ -131,8 +132,8 @@ class SafetyRule(ApiModel):
         return self
 
 
-# A map list keyed by name: the API server refuses two rules of one name.
-RULES_LIST: dict[str, Any] = {
+# A map list keyed by name: the API server refuses two entries of one name.
+BY_NAME: dict[str, Any] = {
     "x-kubernetes-list-type": "map",
     "x-kubernetes-list-map-keys": ["name"],
 }
@@ -280,7 +281,7 @@ class Safety(ApiModel):
         max_length=64,
         description="Rules for this task's steps, on top of its pool's (which a task cannot "
         "loosen: every effect only tightens).",
-        json_schema_extra=RULES_LIST,
+        json_schema_extra=BY_NAME,
     )
 
 
@@ -649,7 +650,7 @@ class AgentPoolSpec(ApiModel):
         default_factory=list,
         max_length=64,
         description="Safety rules for every step of the pool's tasks.",
-        json_schema_extra=RULES_LIST,
+        json_schema_extra=BY_NAME,
     )
 
 
@@ -680,3 +681,125 @@ class AgentPool(ApiModel):
     metadata: ObjectMeta
     spec: AgentPoolSpec = Field(default_factory=AgentPoolSpec)
     status: AgentPoolStatus = Field(default_factory=AgentPoolStatus)
+
+
+# --- MCPServer --------------------------------------------------------------
+
+MCP_TOOL_NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,128}$"  # the MCP specification's tool names
+HEADER_NAME_PATTERN = r"^[A-Za-z0-9!#$%&'*+.^_`|~\-]+$"  # an HTTP token (RFC 9110)
+
+
+class MCPHeader(ApiModel):
+    """A header sent with every request to the server, its value from a Secret."""
+
+    name: str = Field(pattern=HEADER_NAME_PATTERN, max_length=256, description="Header name.")
+    secret_key_ref: SecretKeyRef = Field(description="The Secret key holding the value.")
+    prefix: str = Field(
+        default="", max_length=64, description="Put before the Secret's value (e.g. 'token ')."
+    )
+
+
+class MCPToolOverride(ApiModel):
+    """What the operator holds of one tool, whatever the server says of it."""
+
+    name: str = Field(pattern=MCP_TOOL_NAME_PATTERN, description="The tool's name on the server.")
+    risk: RiskLevel | None = Field(
+        default=None, description="Its risk level, in place of the one its annotations give."
+    )
+    capabilities: list[str] | None = Field(
+        default=None, description="Capabilities it needs; omitted: ['mcp']."
+    )
+    requires_approval: bool = Field(
+        default=False, description="Every call needs a person's approval."
+    )
+
+
+class MCPServerSpec(ApiModel):
+    """Where an MCP tool server is and how its tools are held."""
+
+    url: str = Field(
+        pattern=r"^https?://[^\s]+$",
+        max_length=2048,
+        description="The server's endpoint, e.g. http://tools.team.svc:8080/mcp.",
+    )
+    transport: MCPTransport = Field(
+        default=MCPTransport.streamable_http,
+        description="StreamableHTTP (the MCP default) or SSE (older servers).",
+    )
+    headers: list[MCPHeader] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Headers from Secrets.",
+        json_schema_extra=BY_NAME,
+    )
+    bearer_token_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="A Secret key sent as 'Authorization: Bearer <value>'."
+    )
+    timeout_seconds: float = Field(
+        default=30, gt=0, le=3600, description="Per request, and a tool call's default timeout."
+    )
+    refresh_seconds: int = Field(
+        default=300,
+        ge=10,
+        le=MAX_DURATION_SECONDS,
+        description="How often the tool list is read again (also on tools/list_changed).",
+    )
+    tools: list[Annotated[str, Field(pattern=MCP_TOOL_NAME_PATTERN)]] | None = Field(
+        default=None,
+        max_length=256,
+        description="Only these of the server's tools are offered; omitted: all of them.",
+    )
+    overrides: list[MCPToolOverride] = Field(
+        default_factory=list,
+        max_length=256,
+        description="Per-tool risk, capabilities, approval.",
+        json_schema_extra=BY_NAME,
+    )
+
+
+class MCPToolHints(ApiModel):
+    """The MCP annotations a server gives a tool (hints: a server may say anything)."""
+
+    read_only_hint: bool | None = Field(default=None, description="It changes nothing.")
+    destructive_hint: bool | None = Field(default=None, description="It may destroy things.")
+    idempotent_hint: bool | None = Field(default=None, description="Calling it again is harmless.")
+    open_world_hint: bool | None = Field(default=None, description="It reaches beyond the server.")
+
+
+class MCPToolStatus(ApiModel):
+    """A tool the server listed, as plans see it."""
+
+    name: str = Field(description="The tool's name on the server; plans call '<server>/<name>'.")
+    description: str = Field(default="", description="What the server says it does.")
+    input_schema: FreeForm = Field(default_factory=dict, description="Its params' JSON schema.")
+    hints: MCPToolHints = Field(default_factory=MCPToolHints, description="Its annotations.")
+    risk: RiskLevel = Field(description="The risk the policy gives it.")
+    why: str = Field(default="", description="Where that risk comes from.")
+
+
+class MCPServerStatus(ApiModel):
+    """The tools last listed, and whether the server answers."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    tools: list[MCPToolStatus] = Field(
+        default_factory=list, description="The tools offered.", json_schema_extra=BY_NAME
+    )
+    tool_count: int = Field(default=0, description="How many tools are offered.")
+    last_sync_time: datetime | None = Field(default=None, description="When they were listed.")
+    observed_generation: int | None = Field(
+        default=None, description="The spec generation this status was made from."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Conditions.", json_schema_extra=CONDITIONS_LIST
+    )
+
+
+class MCPServer(ApiModel):
+    """An MCP tool server whose tools pools may grant as '<server>/<tool>'."""
+
+    api_version: Literal["agentoperator.io/v1alpha1"] = "agentoperator.io/v1alpha1"
+    kind: Literal["MCPServer"] = "MCPServer"
+    metadata: ObjectMeta
+    spec: MCPServerSpec
+    status: MCPServerStatus = Field(default_factory=MCPServerStatus)

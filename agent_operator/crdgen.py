@@ -25,7 +25,7 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
 from agent_operator import generated
-from agent_operator.api import GROUP, VERSION, AgentPool, AgentTask, ApprovalRequest
+from agent_operator.api import GROUP, VERSION, AgentPool, AgentTask, ApprovalRequest, MCPServer
 
 Schema = dict[str, Any]
 
@@ -282,6 +282,19 @@ RESOURCES = (
             AGE,
         ),
         scale=True,
+    ),
+    Resource(
+        MCPServer,
+        plural="mcpservers",
+        short_name="mcps",
+        columns=(
+            Column("URL", "string", ".spec.url", priority=1),
+            Column("Tools", "integer", ".status.toolCount"),
+            Column("Ready", "string", '.status.conditions[?(@.type=="Ready")].status'),
+            Column("Reason", "string", '.status.conditions[?(@.type=="Ready")].reason', priority=1),
+            Column("Last-Sync", "date", ".status.lastSyncTime"),
+            AGE,
+        ),
     ),
 )
 

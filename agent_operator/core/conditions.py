@@ -45,6 +45,27 @@ def pool_conditions(
     return set_condition(conditions, ready)
 
 
+def server_conditions(
+    problem: tuple[Reason, str] | None,
+    conditions: list[Condition],
+    generation: int | None,
+    now: datetime,
+    tools: int,
+) -> list[Condition]:
+    """An MCPServer's Ready condition: False with why the tools could not be listed (the
+    last list stays in use meanwhile), else True."""
+    reason, message = problem or (Reason.tools_listed, f"{tools} tools listed")
+    ready = Condition(
+        type="Ready",
+        status=F if problem else T,
+        reason=reason,
+        message=message,
+        last_transition_time=now,
+        observed_generation=generation,
+    )
+    return set_condition(conditions, ready)
+
+
 def task_conditions(status: AgentTaskStatus, task: AgentTask, now: datetime) -> list[Condition]:
     """Planned, Approved, Progressing and Ready, derived from the status."""
     gen = task.metadata.generation

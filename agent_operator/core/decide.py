@@ -105,11 +105,13 @@ class ApprovalView:
     params_digest: str | None = None  # of the params it asked about; None: not recorded
 
 
-def params_digest(params: Mapping[str, Any]) -> str:
+def params_digest(params: Mapping[str, Any], schema: Mapping[str, Any] | None) -> str:
     """What an approval is bound to: the step's params as it asked about them (before any
-    redaction), so an approval given for some params never lets others run (spec.inputs
-    may change while a step waits)."""
-    text = json.dumps(params, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    redaction) and the params schema of the tool then, so an approval given for some params
+    never lets others run (spec.inputs may change while a step waits), nor the same params
+    on a tool whose server has changed it."""
+    bound = params if schema is None else {"params": params, "schema": schema}
+    text = json.dumps(bound, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -185,6 +187,7 @@ class RequestApproval:
     params: dict[str, Any]
     risk: RiskAssessment
     expires_at: datetime
+    digest: str  # `params_digest`: what an approval of this request is bound to
 
 
 @dataclass(frozen=True)
@@ -770,9 +773,11 @@ def _approval_gate(
         return _StepView(
             StepPhase.pending, reason=Reason.suspended, message="asks for approval once resumed"
         )
+    tool = observed.registry.get(step.tool)
+    digest = params_digest(params, None if tool is None else tool.params_schema)
     if approval is None:
         expires = now + timedelta(seconds=safety.approval_timeout_seconds)
-        actions.append(RequestApproval(step.id, step.tool, params, risk, expires))
+        actions.append(RequestApproval(step.id, step.tool, params, risk, expires, digest))
         wake.append(expires)
         return _StepView(
             StepPhase.waiting_approval,
@@ -780,13 +785,14 @@ def _approval_gate(
             message=_why(risk, step.tool),
         )
     if approval.phase == ApprovalPhase.approved:
-        if approval.params_digest in (None, params_digest(params)):
+        if approval.params_digest in (None, digest):
             return None
         return _StepView(
             StepPhase.failed,
             reason=Reason.approval_stale,
-            message="approved for other params than it would start with (spec.inputs "
-            "changed since it asked); create a new AgentTask to ask again",
+            message="approved for other params or another schema of its tool than it would "
+            "start with (spec.inputs or the tool's server changed since it asked); create a "
+            "new AgentTask to ask again",
         )
     if approval.phase == ApprovalPhase.rejected:
         by = f" by {approval.decided_by}" if approval.decided_by else ""

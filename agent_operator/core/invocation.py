@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from agent_contract import API_KEY_ENV, ModelSettings, StepInvocation
+from agent_contract.mcp import MCPEndpoint
 from agent_operator.api import AgentPoolSpec, AgentTask
 from agent_operator.core.decide import StartStep
 
 
-def step_invocation(task: AgentTask, pool: AgentPoolSpec, start: StartStep) -> StepInvocation:
-    """The invocation for one attempt; secrets stay out (the key comes through API_KEY_ENV)."""
+def step_invocation(
+    task: AgentTask, pool: AgentPoolSpec, start: StartStep, mcp: MCPEndpoint | None = None
+) -> StepInvocation:
+    """The invocation for one attempt; secrets stay out (the key comes through API_KEY_ENV,
+    an MCP server's headers from files). `mcp`: the server of a step calling its tool."""
     meta, model = task.metadata, pool.model
     return StepInvocation(
         task=meta.name,
@@ -36,4 +40,5 @@ def step_invocation(task: AgentTask, pool: AgentPoolSpec, start: StartStep) -> S
             if model
             else None
         ),
+        mcp=mcp,
     )

@@ -6,9 +6,11 @@ from dataclasses import dataclass, field
 from graphlib import CycleError, TopologicalSorter
 
 from agent_contract import NETWORK, ToolRegistry, ToolSpec, Usage, params_problem
+from agent_contract.mcp import server_of, tool_name
 from agent_operator.api import AgentPoolSpec, AgentTaskSpec, PlannedStep, Step
 from agent_operator.core import cel
 from agent_operator.core.cel import CelError
+from agent_operator.core.mcp import WHOLE_SERVER
 from agent_operator.core.safety import (
     assess,
     policy_problems,
@@ -65,7 +67,15 @@ def _ancestors(dependencies: dict[str, list[str]]) -> dict[str, set[str]]:
 def _grant_problems(tool: ToolSpec, pool: AgentPoolSpec) -> list[str]:
     """Why the pool does not let its agents use `tool` (empty: it does)."""
     problems = []
-    if pool.tools is not None and tool.name not in pool.tools:
+    mcp = server_of(tool.name)
+    if mcp is not None:  # granted by name only: `<server>/<tool>` or `<server>/*`
+        grants = pool.tools or []
+        if tool.name not in grants and tool_name(mcp[0], WHOLE_SERVER) not in grants:
+            problems.append(
+                f"the pool does not grant MCP tool {tool.name!r}; list it (or "
+                f"{tool_name(mcp[0], WHOLE_SERVER)!r}) in the AgentPool's spec.tools"
+            )
+    elif pool.tools is not None and tool.name not in pool.tools:
         allowed = ", ".join(pool.tools) or "none"
         problems.append(f"the pool does not grant tool {tool.name!r}; it grants: {allowed}")
     if pool.capabilities is not None:
@@ -98,11 +108,15 @@ def _tool_problems(
     grants = [f"{where}.tool: {problem}" for problem in _grant_problems(tool, pool)]
     for name in tool.calls(step.params):  # a sub-agent's tools: the pool must grant them too
         called = registry.get(name)
-        grants += (
-            [f"{where}.params: calls unknown tool {name!r}"]
-            if called is None
-            else [f"{where}.params: {problem}" for problem in _grant_problems(called, pool)]
-        )
+        if called is None:
+            grants.append(f"{where}.params: calls unknown tool {name!r}")
+        elif server_of(name) is not None:  # its pod holds no endpoint nor credentials of them
+            grants.append(
+                f"{where}.params: a sub-agent cannot call MCP tools yet ({name!r}); give "
+                "the MCP tool a step of its own"
+            )
+        else:
+            grants += [f"{where}.params: {problem}" for problem in _grant_problems(called, pool)]
     size = params_problem(step.params)
     return (
         grants

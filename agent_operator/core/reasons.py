@@ -37,6 +37,11 @@ class Reason(StrEnum):
     # --- an AgentPool -------------------------------------------------------------------
     rules_valid = "RulesValid"  # every safety rule of the pool compiles
     invalid_rules = "InvalidRules"  # a rule's condition does not compile: its tasks fail
+    # --- an MCPServer -------------------------------------------------------------------
+    tools_listed = "ToolsListed"  # the server answered tools/list
+    server_unreachable = "ServerUnreachable"  # cannot connect, refused (HTTP 4xx/5xx), broke
+    missing_secret = "MissingSecret"  # a header's secretKeyRef names no such Secret or key
+    mcp_server_not_found = "MCPServerNotFound"  # a step's tool names a server that is gone
     # --- a task goes on -----------------------------------------------------------------
     steps_running = "StepsRunning"
     waiting_for_approval = "WaitingForApproval"

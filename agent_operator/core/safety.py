@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 
 from agent_contract import RiskLevel, ToolRegistry, ToolSpec
+from agent_contract.mcp import MCP_CAPABILITY
 from agent_operator.api import (
     AgentPoolSpec,
     RiskAssessment,
@@ -37,6 +38,7 @@ CAPABILITY_RISKS = {
     "kubernetes:write": "creates, changes or deletes Kubernetes objects",
     "kubernetes:read": "reads Kubernetes objects",
     "llm": "sends data to an LLM and spends tokens",
+    MCP_CAPABILITY: "calls a tool of an MCP server, which acts with the server's own access",
 }
 
 
@@ -55,6 +57,8 @@ def _protected_hits(params: dict[str, Any], safety: Safety) -> list[str]:
 
 
 def _required_by_list(tool: ToolSpec, level: RiskLevel, safety: Safety) -> str | None:
+    if tool.requires_approval:
+        return f"the tool's server requires approval for every call of {tool.name!r}"
     for entry in safety.require_approval_for:
         if entry == tool.name:
             return f"spec.safety.requireApprovalFor names tool {tool.name!r}"

@@ -91,6 +91,8 @@ OPERATOR_RULES = {
     ("agentoperator.io", "approvalrequests/status"): {"patch"},
     ("agentoperator.io", "agentpools"): {"list", "watch", "patch"},
     ("agentoperator.io", "agentpools/status"): {"patch"},
+    ("agentoperator.io", "mcpservers"): {"list", "watch", "patch"},  # patch: Kopf's finalizer
+    ("agentoperator.io", "mcpservers/status"): {"patch"},
     ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "pods"): {"list", "watch"},
     ("", "pods/log"): {"get"},  # large step results (steps hold no store access)

@@ -22,7 +22,6 @@ from agent_operator.core.decide import (
     StepRun,
     StopStep,
     decide,
-    params_digest,
 )
 
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
@@ -98,7 +97,7 @@ class World:
                     action.step_id,
                     ApprovalPhase.pending,
                     action.expires_at,
-                    params_digest=params_digest(action.params),
+                    params_digest=action.digest,
                 )
             elif isinstance(action, ExpireApproval):
                 view = self.approvals[action.step_id]

@@ -31,6 +31,13 @@ cluster, by a Role in each watched namespace otherwise.
 - apiGroups: [agentoperator.io]
   resources: [agentpools/status]
   verbs: [patch]
+# MCP servers: watched, their status (the tools listed, Ready) patched.
+- apiGroups: [agentoperator.io]
+  resources: [mcpservers]
+  verbs: [list, watch, patch]
+- apiGroups: [agentoperator.io]
+  resources: [mcpservers/status]
+  verbs: [patch]
 # Step Jobs: created suspended, let run (patch), deleted, and read back when a creation
 # meets one already made (adopted); Jobs and their pods listed and watched by label.
 - apiGroups: [batch]
@@ -48,7 +55,8 @@ cluster, by a Role in each watched namespace otherwise.
   verbs: [create]
 {{- end }}
 {{- define "agent-operator.secretRules" -}}
-# The AgentPools' model API keys, read when planning a goal.
+# The AgentPools' model API keys, read when planning a goal, and the MCPServers' headers,
+# read when listing their tools.
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get]
