@@ -37,9 +37,11 @@ from agent_contract import (
     StepResult,
     Usage,
 )
+from agent_contract.mcp import tool_name
 from agent_runtime.executor import kill_process_groups, run_tool
+from agent_runtime.mcp_tool import mcp_tool
 from agent_runtime.redaction import redact, referenced_variables, secret_values
-from agent_runtime.registry import Toolbox, ToolContext, ToolFailure, ToolTimeout
+from agent_runtime.registry import Tool, Toolbox, ToolContext, ToolFailure, ToolTimeout
 
 __all__ = ["InvalidInvocation", "check_invocation", "execute", "fit_message", "main"]
 
@@ -87,9 +89,17 @@ def load_invocation(step_file: Path | None, env: Mapping[str, str]) -> StepInvoc
         raise InvalidInvocation(f"invalid step: {problems}") from None
 
 
-def check_invocation(invocation: StepInvocation, toolbox: Toolbox) -> None:
+def tool_of(invocation: StepInvocation, toolbox: Toolbox) -> Tool | None:
+    """The tool the step calls: one of the image's, or an MCP server's it names."""
+    endpoint = invocation.mcp
+    if endpoint is not None and invocation.tool == tool_name(endpoint.server, endpoint.tool):
+        return mcp_tool(endpoint)
+    return toolbox.get(invocation.tool)
+
+
+def check_invocation(invocation: StepInvocation, toolbox: Toolbox) -> Tool:
     """The operator's rules again, in the pod: tool known and allowed, params, approval."""
-    tool = toolbox.get(invocation.tool)
+    tool = tool_of(invocation, toolbox)
     if tool is None:
         raise InvalidInvocation(
             f"tool: {invocation.tool!r} is not in this image's registry "
@@ -106,12 +116,13 @@ def check_invocation(invocation: StepInvocation, toolbox: Toolbox) -> None:
         raise InvalidInvocation("; ".join(errors))
     if invocation.requires_approval and not invocation.approved_by:
         raise InvalidInvocation("approvedBy: the step requires approval and none was recorded")
+    return tool
 
 
-def execute(invocation: StepInvocation, toolbox: Toolbox, env: Mapping[str, str]) -> StepResult:
+def execute(
+    invocation: StepInvocation, tool: Tool, toolbox: Toolbox, env: Mapping[str, str]
+) -> StepResult:
     """Run the step's tool under its timeout and say how it went."""
-    tool = toolbox.get(invocation.tool)
-    assert tool is not None  # check_invocation ran first
     timeout = invocation.timeout_seconds or tool.spec.timeout_seconds
     ctx = ToolContext(invocation=invocation, toolbox=toolbox, env=env)
     try:
@@ -188,7 +199,7 @@ def run_step(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         invocation = load_invocation(args.step_file, env)
         secrets = secret_values(env, referenced_variables(invocation))
         toolbox = Toolbox.default()
-        check_invocation(invocation, toolbox)
+        tool = check_invocation(invocation, toolbox)
         _log(
             "step started",
             task=invocation.task,
@@ -196,7 +207,7 @@ def run_step(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             attempt=invocation.attempt,
             tool=invocation.tool,
         )
-        result = execute(invocation, toolbox, env)
+        result = execute(invocation, tool, toolbox, env)
         code = EXIT_OK if result.ok else EXIT_FAILED
     except InvalidInvocation as exc:
         result = StepResult(ok=False, message=str(exc))
