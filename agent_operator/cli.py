@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
@@ -13,8 +15,10 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from agent_contract import ToolRegistry
-from agent_operator.api import AgentPool, AgentTask, TaskPhase
+from agent_contract.mcp_client import MCPUnavailable
+from agent_operator.api import AgentPool, AgentTask, MCPServer, MCPServerStatus, TaskPhase
 from agent_operator.core.decide import Observed, decide
+from agent_operator.core.mcp import granted_servers, pool_registry, secret_headers
 from agent_operator.embedded import (
     EmbeddedRun,
     RunnerStopped,
@@ -26,6 +30,7 @@ from agent_operator.embedded import (
     terminal_approver,
 )
 from agent_operator.local import LocalExecutor
+from agent_operator.mcp_sync import list_offered
 from agent_operator.store import DEFAULT_RETENTION_DAYS, Store, StoreError, default_sqlite_path
 
 DSN_ENV = "AGENT_OPERATOR_DSN"
@@ -79,20 +84,36 @@ def _field_errors(model: type[BaseModel], name: str, error: ValidationError) -> 
     return "\n".join(lines)
 
 
-def load_documents(path: Path) -> tuple[AgentTask, AgentPool | None]:
-    """The AgentTask (and an optional AgentPool) in a YAML file."""
+KINDS: dict[str, type[AgentTask] | type[AgentPool] | type[MCPServer]] = {
+    "AgentTask": AgentTask,
+    "AgentPool": AgentPool,
+    "MCPServer": MCPServer,
+}
+
+
+@dataclass(frozen=True)
+class Documents:
+    """What a task file holds: the task, the pool it names (if the file defines it), and
+    the MCP servers whose tools that pool may grant."""
+
+    task: AgentTask
+    pool: AgentPool | None
+    servers: list[MCPServer]
+
+
+def load_documents(path: Path) -> Documents:
+    """The AgentTask (and optional AgentPool and MCPServers) in a YAML file."""
     try:
         documents = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
     except OSError as error:
         raise BadInput(f"cannot read {path}: {error.strerror}") from None
     except yaml.YAMLError as error:
         raise BadInput(f"{path} is not valid YAML: {error}") from None
-    tasks: list[AgentTask] = []
-    pools: list[AgentPool] = []
+    loaded: dict[str, list[Any]] = {kind: [] for kind in KINDS}
     for number, doc in enumerate(documents, start=1):
         kind = doc.get("kind") if isinstance(doc, dict) else type(doc).__name__
-        if kind not in ("AgentTask", "AgentPool"):
-            expected = "expected AgentTask or AgentPool"
+        if kind not in KINDS:
+            expected = "expected " + ", ".join(KINDS)
             raise BadInput(f"{path}: document {number} has kind {kind!r}; {expected}")
         metadata = doc.get("metadata")
         name = str(
@@ -100,14 +121,13 @@ def load_documents(path: Path) -> tuple[AgentTask, AgentPool | None]:
             if isinstance(metadata, dict)
             else f"document {number}"
         )
+        model = KINDS[kind]
         try:
-            if kind == "AgentTask":
-                tasks.append(AgentTask.model_validate(doc))
-            else:
-                pools.append(AgentPool.model_validate(doc))
+            loaded[kind].append(model.model_validate(doc))
         except ValidationError as error:
-            model = AgentTask if kind == "AgentTask" else AgentPool
             raise BadInput(f"{path}: " + _field_errors(model, name, error)) from None
+    tasks: list[AgentTask] = loaded["AgentTask"]
+    pools: list[AgentPool] = loaded["AgentPool"]
     if len(tasks) != 1:
         raise BadInput(f"{path} holds {len(tasks)} AgentTasks; expected exactly one")
     task = tasks[0]
@@ -116,7 +136,35 @@ def load_documents(path: Path) -> tuple[AgentTask, AgentPool | None]:
     if pools and pool is None:
         defined = ", ".join(repr(p.metadata.name) for p in pools)
         raise BadInput(f"{path}: spec.poolRef names pool {wanted!r}; the file defines {defined}")
-    return task, pool
+    return Documents(task, pool, loaded["MCPServer"])
+
+
+def discover(servers: list[MCPServer], pool: AgentPool) -> list[MCPServer]:
+    """The servers the pool grants tools of, each with its tools listed now (as the
+    operator's discovery lists them); a server the pool grants but cannot be reached
+    is bad input, since no plan could use it."""
+    granted = granted_servers(pool.spec)
+    missing = sorted(granted - {s.metadata.name for s in servers})
+    if missing:
+        raise BadInput(
+            f"the pool grants tools of MCPServer {missing[0]!r}, which the file does not define"
+        )
+    listed = []
+    for server in servers:
+        if server.metadata.name not in granted:
+            continue
+        if secret_headers(server.spec):
+            raise BadInput(
+                f"MCPServer {server.metadata.name!r} takes headers from Secrets, which the "
+                "embedded runner cannot read yet; run the task on a cluster"
+            )
+        try:
+            tools = asyncio.run(list_offered(server, {}))
+        except MCPUnavailable as error:
+            raise BadInput(f"MCPServer {server.metadata.name!r}: {error}") from None
+        status = MCPServerStatus(tools=tools, tool_count=len(tools))
+        listed.append(server.model_copy(update={"status": status}))
+    return listed
 
 
 def _print_plan(task: AgentTask, out: TextIO) -> None:
@@ -148,9 +196,11 @@ def _print_result(task: AgentTask, out: TextIO) -> None:
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
-    task, pool = load_documents(Path(args.file))
-    pool = pool or default_pool(task.metadata.namespace)
-    registry = ToolRegistry.default()
+    documents = load_documents(Path(args.file))
+    task = documents.task
+    pool = documents.pool or default_pool(task.metadata.namespace)
+    servers = discover(documents.servers, pool)
+    registry = pool_registry(ToolRegistry.default(), pool.spec, servers)
     # Every run is checked first as a dry run is: a spec the core refuses is bad input.
     checked = decide(
         Observed(
@@ -199,7 +249,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         # their result and log files, and the store is this process's alone.
         env = {name: value for name, value in os.environ.items() if name != DSN_ENV}
         executor = LocalExecutor(workdir, env=env)
-        embedded = EmbeddedRun(task, pool, store, executor, approver, out, registry)
+        embedded = EmbeddedRun(task, pool, store, executor, approver, out, servers=servers)
         try:
             task = embedded.run()
         except RunnerStopped as error:

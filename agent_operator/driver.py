@@ -121,6 +121,10 @@ class Shell(Protocol):
 
     def observe_pool(self, task: AgentTask) -> AgentPool: ...
 
+    def observe_tools(self, pool: AgentPool) -> ToolRegistry:
+        """The tools the task's steps may name: the built-ins and those of the MCP servers
+        (of the pool's namespace) the pool grants."""
+
     def observe_runs(self, task: AgentTask, ended: Collection[Key]) -> Sequence[StepRun]:
         """Every attempt the executor shows now, from a complete view (a synced cache).
         `ended` are the attempts whose end is recorded: their results need no reading."""
@@ -130,7 +134,7 @@ class Shell(Protocol):
     def free_slots(self, task: AgentTask, pool: AgentPool) -> int | None:
         """Slots this task may fill now, set aside for it until `settle`."""
 
-    def plan(self, task: AgentTask, pool: AgentPool) -> PlanningResult: ...
+    def plan(self, task: AgentTask, pool: AgentPool, tools: ToolRegistry) -> PlanningResult: ...
 
     def prepare(self, task: AgentTask, pool: AgentPool, decision: Decision) -> None:
         """Make what the decision's `StartStep`s run without letting it run (a suspended
@@ -207,13 +211,14 @@ class Driver:
 
     def _work(self, task: AgentTask) -> Outcome:
         pool = self.shell.observe_pool(task)
+        tools = self.shell.observe_tools(pool)
         try:
             if self._unacted is not None:  # finish what a transient failure interrupted
                 self.shell.act(task, pool, self._unacted)
                 self._unacted = None
-            decision = self._decide(task, pool)
+            decision = self._decide(task, pool, tools)
             if any(isinstance(a, PlanWithLLM) for a in decision.actions):  # no slot held
-                self.planning = self.shell.plan(task, pool)
+                self.planning = self.shell.plan(task, pool, tools)
                 return RequeueAt(datetime.now(UTC))
             self.shell.prepare(task, pool, decision)  # before the record that names it
             recorded = self._record(task, decision)
@@ -226,7 +231,7 @@ class Driver:
         """End the task with the failure a shell found: recorded, then acted on (what still
         runs is stopped), like any other end. No pool is needed for it."""
         assert self.failure is not None
-        decision = self._observe_and_decide(task, AgentPoolSpec(), {}, None)
+        decision = self._observe_and_decide(task, AgentPoolSpec(), self.registry, {}, None)
         recorded = self._record(task, decision)
         self._act(task, None, decision)
         return self._conclude(task, recorded)
@@ -257,18 +262,19 @@ class Driver:
             self.planning = None  # in the written status now (or of no more use)
         return Done() if status.phase.terminal else RequeueAt(recorded.decision.requeue_at)
 
-    def _decide(self, task: AgentTask, pool: AgentPool) -> Decision:
+    def _decide(self, task: AgentTask, pool: AgentPool, tools: ToolRegistry) -> Decision:
         approvals = self.shell.observe_approvals(task)
         # A task about to be planned starts nothing this pass: it sets no slot aside, so the
         # planner's call (seconds, minutes) keeps no other task of the pool waiting.
         planning = task.status.plan is None and not task.spec.steps and self.planning is None
         slots = 0 if planning else self.shell.free_slots(task, pool)
-        return self._observe_and_decide(task, pool.spec, approvals, slots)
+        return self._observe_and_decide(task, pool.spec, tools, approvals, slots)
 
     def _observe_and_decide(
         self,
         task: AgentTask,
         pool: AgentPoolSpec,
+        tools: ToolRegistry,
         approvals: Mapping[str, ApprovalView],
         free_slots: int | None,
     ) -> Decision:
@@ -277,7 +283,7 @@ class Driver:
                 task=task,
                 now=datetime.now(UTC),
                 pool=pool,
-                registry=self.registry,
+                registry=tools,
                 recorded=list(self._runs(task).values()),
                 live=self.shell.observe_runs(task, self._ended(task)),
                 approvals=approvals,

@@ -17,12 +17,14 @@ from datetime import UTC, datetime
 from typing import TextIO
 
 from agent_contract import ToolRegistry
+from agent_contract.mcp import MCPEndpoint, server_of
 from agent_operator.api import (
     AgentPool,
     AgentPoolSpec,
     AgentTask,
     AgentTaskStatus,
     ApprovalPhase,
+    MCPServer,
     ObjectMeta,
     PoolModel,
 )
@@ -35,9 +37,9 @@ from agent_operator.core.decide import (
     StartStep,
     StepRun,
     StopStep,
-    params_digest,
 )
 from agent_operator.core.invocation import step_invocation
+from agent_operator.core.mcp import endpoint, pool_registry
 from agent_operator.core.naming import job_name
 from agent_operator.core.plan import PlanningResult
 from agent_operator.core.summary import summarize
@@ -77,6 +79,7 @@ class EmbeddedRun:
     approver: Approver
     out: TextIO
     registry: ToolRegistry = field(default_factory=ToolRegistry.default)
+    servers: Sequence[MCPServer] = ()  # the file's, their tools listed (`cli.run`)
     approvals: dict[str, ApprovalView] = field(default_factory=dict)
     _acted: bool = False  # the last pass started a step or had an approval answered
 
@@ -124,13 +127,14 @@ class EmbeddedRun:
     def free_slots(self, task: AgentTask, pool: AgentPool) -> int | None:
         return max(pool.spec.replicas - self.executor.running(), 0)
 
-    def plan(self, task: AgentTask, pool: AgentPool) -> PlanningResult:
+    def observe_tools(self, pool: AgentPool) -> ToolRegistry:
+        return pool_registry(self.registry, pool.spec, self.servers)
+
+    def plan(self, task: AgentTask, pool: AgentPool, tools: ToolRegistry) -> PlanningResult:
         self._say("planning with the LLM…")
         model = pool.spec.model or PoolModel()
         return asyncio.run(
-            plan_with_llm(
-                task.spec, pool.spec, self.registry, api_key=api_key_from_env(), model=model
-            )
+            plan_with_llm(task.spec, pool.spec, tools, api_key=api_key_from_env(), model=model)
         )
 
     def prepare(self, task: AgentTask, pool: AgentPool, decision: Decision) -> None:
@@ -142,7 +146,7 @@ class EmbeddedRun:
     def act(self, task: AgentTask, pool: AgentPool | None, decision: Decision) -> None:
         for action in decision.actions:
             if isinstance(action, StartStep):
-                invocation = step_invocation(task, self.pool.spec, action)
+                invocation = step_invocation(task, self.pool.spec, action, self._endpoint(action))
                 meta = task.metadata
                 name = job_name(meta.name, self.uid, action.step_id, action.attempt)
                 self.executor.start(invocation, name)
@@ -157,12 +161,21 @@ class EmbeddedRun:
                     action.expires_at,
                     decided_by=by,
                     reason=reason,
-                    params_digest=params_digest(action.params),
+                    params_digest=action.digest,
                 )
                 self._acted = True
             elif isinstance(action, ExpireApproval):
                 view = self.approvals[action.step_id]
                 self.approvals[action.step_id] = replace(view, phase=ApprovalPhase.expired)
+
+    def _endpoint(self, start: StartStep) -> MCPEndpoint | None:
+        """How the step reaches its MCP server (None for any other tool). The plan was
+        checked against the servers' tools, so the server is one of the file's."""
+        found = server_of(start.tool)
+        if found is None:
+            return None
+        server = next(s for s in self.servers if s.metadata.name == found[0])
+        return endpoint(server, found[1])
 
     def settle(self, task: AgentTask) -> None:
         """Nothing set aside: one task has the local executor to itself."""

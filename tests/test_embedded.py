@@ -308,6 +308,7 @@ def test_the_terminal_prompt_shows_the_step_and_approves_only_on_yes() -> None:
         {"command": "logrotate", "password": "hunter2"},
         RiskAssessment(level="high", requires_approval=True, risks=["runs commands"]),
         datetime(2026, 11, 23, tzinfo=UTC),
+        "digest",
     )
     prompts: list[str] = []
     for answer, phase in [("y", ApprovalPhase.approved), ("", ApprovalPhase.rejected)]:

@@ -47,12 +47,13 @@ def plan(
     api_key: str | None = KEY,
     timeout: float = 5,
     prices: Prices | None = None,
+    registry: ToolRegistry = REGISTRY,
 ) -> PlanningResult:
     model = PoolModel(
         base_url=server.base_url, model="gpt-4o-mini", timeout_seconds=timeout, prices=prices
     )
     return asyncio.run(
-        plan_with_llm(SPEC, pool or AgentPoolSpec(), REGISTRY, api_key=api_key, model=model)
+        plan_with_llm(SPEC, pool or AgentPoolSpec(), registry, api_key=api_key, model=model)
     )
 
 
@@ -102,6 +103,44 @@ def test_good_plan_is_validated_and_counted(
     assert sleep["params"]["required"] == ["seconds"] and sleep["risk"] == "safe"
     assert sleep["description"].startswith("Waits")
     assert "planned 2 steps" in caplog.text and KEY not in caplog.text
+
+
+def test_the_planner_is_offered_the_granted_mcp_tools_with_their_schema_and_risk(
+    openai_server: ScriptedOpenAI,
+) -> None:
+    from agent_operator.api import MCPServer, MCPServerSpec, MCPToolHints
+    from agent_operator.core.mcp import offered, pool_registry
+
+    spec = MCPServerSpec.model_validate({"url": "http://inv.test/mcp"})
+    schema = {"type": "object", "properties": {"key": {"type": "string"}}, "required": ["key"]}
+    listed = [
+        ("lookup", "Look a key up.", schema, MCPToolHints(read_only_hint=True)),
+        ("drop", "Drop a key.", schema, MCPToolHints()),
+    ]
+    server = MCPServer.model_validate(
+        {
+            "metadata": {"name": "inv"},
+            "spec": spec.wire(),
+            "status": {"tools": [t.wire() for t in offered(spec, listed)]},
+        }
+    )
+    pool = AgentPoolSpec(tools=["noop", "inv/lookup"])
+    registry = pool_registry(REGISTRY, pool, [server])
+    chosen = {"steps": [{"id": "find", "tool": "inv/lookup", "params": {"key": "answer"}}]}
+    openai_server.reply(text(json.dumps(chosen)))
+
+    outcome = plan(openai_server, pool=pool, registry=registry)
+
+    assert outcome.plan is not None, outcome.message
+    [step] = outcome.plan
+    assert (step.tool, step.risk.level) == ("inv/lookup", RiskLevel.low)
+    [request] = openai_server.requests
+    step_schema = request["response_format"]["json_schema"]["schema"]["properties"]["steps"]
+    assert step_schema["items"]["properties"]["tool"]["enum"] == ["inv/lookup", "noop"]
+    offered_tools = {t["name"]: t for t in json.loads(last_user_message(request))["tools"]}
+    assert offered_tools["inv/lookup"]["params"] == schema
+    assert offered_tools["inv/lookup"]["risk"] == "low"
+    assert "inv/drop" not in offered_tools  # not granted: never offered
 
 
 def test_malformed_json_is_reasked_with_the_error(openai_server: ScriptedOpenAI) -> None:

@@ -31,12 +31,14 @@ from agent_operator.kube.manifests import (
     approval_name,
     pool_selector,
 )
+from agent_operator.kube.mcp_discovery import ServerSync
 from agent_operator.kube.reconciler import (
     EventPoster,
     KubeShell,
     ObjectLoggerFactory,
     OperatorContext,
     TaskLoop,
+    plain_body,
 )
 from agent_operator.kube.settings import OperatorSettings
 from agent_operator.store import StoreError
@@ -189,6 +191,17 @@ def pools_by_name(namespace: str | None, name: str, body: kopf.Body, **_: Any) -
     return {(namespace, name): body}
 
 
+@kopf.index(GROUP, VERSION, "mcpservers")
+def mcpservers_by_namespace(namespace: str | None, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return {namespace: body}
+
+
+@kopf.daemon(GROUP, VERSION, "mcpservers", cancellation_timeout=5.0)
+async def discover_tools(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """The server's tools, listed into its status for as long as it exists."""
+    await ServerSync(memo["ctx"].cluster, lambda: plain_body(body)).run()
+
+
 @kopf.index(GROUP, VERSION, "approvalrequests")
 def approvals_by_task(labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     return {labels.get(LABEL_TASK_UID): body}
@@ -203,10 +216,12 @@ async def drive_task(
     memo: kopf.Memo,
     pools_by_name: kopf.Index[Any, Any],
     approvals_by_task: kopf.Index[Any, Any],
+    mcpservers_by_namespace: kopf.Index[Any, Any],
     **_: Any,
 ) -> None:
     """The task's own loop, until it reaches a terminal phase (or is deleted)."""
-    await _task_loop(memo["ctx"], body, pools_by_name, approvals_by_task).run()
+    indexes = (pools_by_name, approvals_by_task, mcpservers_by_namespace)
+    await _task_loop(memo["ctx"], body, *indexes).run()
 
 
 @kopf.on.event(GROUP, VERSION, "agenttasks")
@@ -223,6 +238,7 @@ def cancel_task(
     memo: kopf.Memo,
     pools_by_name: kopf.Index[Any, Any],
     approvals_by_task: kopf.Index[Any, Any],
+    mcpservers_by_namespace: kopf.Index[Any, Any],
     **_: Any,
 ) -> None:
     """The finalizer: a last pass of the task's driver (the core cancels it: its running
@@ -230,7 +246,9 @@ def cancel_task(
     ctx: OperatorContext = memo["ctx"]
     namespace, uid = meta.namespace or "default", meta.uid or ""
     # The daemon's loop when it still runs (its driver remembers what it recorded).
-    loop = ctx.loops.get(uid) or _task_loop(ctx, body, pools_by_name, approvals_by_task)
+    loop = ctx.loops.get(uid) or _task_loop(
+        ctx, body, pools_by_name, approvals_by_task, mcpservers_by_namespace
+    )
     outcome = loop.pass_once()
     if isinstance(outcome, BackOff):
         raise kopf.TemporaryError(f"cancelling the task: {outcome.error}", delay=outcome.seconds)
@@ -248,12 +266,21 @@ def _task_loop(
     body: kopf.Body,
     pools_by_name: kopf.Index[Any, Any],
     approvals_by_task: kopf.Index[Any, Any],
+    mcpservers_by_namespace: kopf.Index[Any, Any],
 ) -> TaskLoop:
     def pool(namespace: str, name: str) -> Obj | None:
         found = list(pools_by_name.get((namespace, name), []))
         return found[0] if found else None
 
-    return TaskLoop(KubeShell(ctx, body, pool, lambda uid: list(approvals_by_task.get(uid, []))))
+    return TaskLoop(
+        KubeShell(
+            ctx,
+            body,
+            pool,
+            lambda uid: list(approvals_by_task.get(uid, [])),
+            lambda namespace: list(mcpservers_by_namespace.get(namespace, [])),
+        )
+    )
 
 
 @kopf.on.field(GROUP, VERSION, "approvalrequests", field="spec.decision")

@@ -14,12 +14,14 @@ from typing import Any
 
 from agent_contract import API_KEY_ENV, DEFAULT_TERMINATION_PATH, STEP_ENV
 from agent_contract.builtin.llm import REACT_AGENT
+from agent_contract.mcp import server_of
 from agent_operator.api import (
     API_VERSION,
     AgentPool,
     AgentTask,
     ApprovalRequest,
     ApprovalRequestSpec,
+    MCPServer,
     ObjectMeta,
     TaskRef,
 )
@@ -27,9 +29,9 @@ from agent_operator.core.decide import (
     DEADLINE_GRACE_SECONDS,
     RequestApproval,
     StartStep,
-    params_digest,
 )
 from agent_operator.core.invocation import step_invocation
+from agent_operator.core.mcp import SECRETS_DIR, endpoint, secret_headers
 from agent_operator.core.naming import MAX_JOB_NAME, job_name
 from agent_operator.redact import redact
 
@@ -102,8 +104,12 @@ def approval_name(task_name: str, task_uid: str, step_id: str) -> str:
     return f"{task_name}-{step_id}"[: MAX_JOB_NAME - len(suffix)].rstrip("-.") + suffix
 
 
-def step_job(task: AgentTask, pool: AgentPool, start: StartStep) -> dict[str, Any]:
+def step_job(
+    task: AgentTask, pool: AgentPool, start: StartStep, server: MCPServer | None = None
+) -> dict[str, Any]:
     """The batch/v1 Job that runs one attempt of one step, made prepared (suspended).
+    `server`: the MCPServer whose tool the step calls; its headers' Secret keys are
+    mounted as files (`core.mcp.SECRETS_DIR`), never put in the environment.
 
     The pod holds no credential of the operator's: a result too large for the termination
     message comes back through the pod's log. Raises ValueError, naming the field, when the
@@ -120,7 +126,7 @@ def step_job(task: AgentTask, pool: AgentPool, start: StartStep) -> dict[str, An
         "name": CONTAINER,
         "image": template["image"],
         "args": ["run-step"],
-        "env": _env(task, pool, start, template.get("env", [])),
+        "env": _env(task, pool, start, template.get("env", []), server),
         "securityContext": _merge(
             {
                 "allowPrivilegeEscalation": False,
@@ -134,6 +140,20 @@ def step_job(task: AgentTask, pool: AgentPool, start: StartStep) -> dict[str, An
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [{"name": TMP_VOLUME, "mountPath": "/tmp"}],
     }
+    volumes: list[dict[str, Any]] = [{"name": TMP_VOLUME, "emptyDir": {}}]
+    for index, (_name, ref, _prefix) in enumerate(
+        secret_headers(server.spec) if server is not None else []
+    ):
+        volume = f"mcp-header-{index}"
+        volumes.append(
+            {
+                "name": volume,
+                "secret": {"secretName": ref.name, "items": [{"key": ref.key, "path": "value"}]},
+            }
+        )
+        container["volumeMounts"].append(
+            {"name": volume, "mountPath": f"{SECRETS_DIR}/{index}", "readOnly": True}
+        )
     container |= _present(template, "imagePullPolicy", "envFrom", "resources")
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
@@ -144,7 +164,7 @@ def step_job(task: AgentTask, pool: AgentPool, start: StartStep) -> dict[str, An
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],
-        "volumes": [{"name": TMP_VOLUME, "emptyDir": {}}],
+        "volumes": volumes,
     }
     if template.get("serviceAccountName", "default") != "default":
         pod_spec["serviceAccountName"] = template["serviceAccountName"]
@@ -190,7 +210,7 @@ def approval_request(task: AgentTask, request: RequestApproval) -> dict[str, Any
             step_id=request.step_id,
             tool=request.tool,
             params=redact(request.params),
-            params_digest=params_digest(request.params),
+            params_digest=request.digest,
             risk=request.risk,
             expires_at=request.expires_at.astimezone(UTC).replace(microsecond=0),
         ),
@@ -295,9 +315,12 @@ def _env(
     pool: AgentPool,
     start: StartStep,
     extra: list[dict[str, Any]],
+    server: MCPServer | None,
 ) -> list[dict[str, Any]]:
     """The step (no secret in it), secrets by reference only, then the pool's own env."""
-    invocation = step_invocation(task, pool.spec, start)
+    mcp = server_of(start.tool)
+    found = endpoint(server, mcp[1]) if server is not None and mcp is not None else None
+    invocation = step_invocation(task, pool.spec, start, found)
     env: list[dict[str, Any]] = [
         {"name": STEP_ENV, "value": invocation.model_dump_json(by_alias=True)}
     ]

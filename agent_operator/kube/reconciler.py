@@ -24,11 +24,13 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from agent_contract import ToolRegistry
+from agent_contract.mcp import server_of
 from agent_operator.api import (
     AgentPool,
     AgentTask,
     AgentTaskStatus,
     ApprovalPhase,
+    MCPServer,
     TaskPhase,
 )
 from agent_operator.core.conditions import task_conditions
@@ -44,6 +46,7 @@ from agent_operator.core.decide import (
     StepRun,
     StopStep,
 )
+from agent_operator.core.mcp import granted_servers, pool_registry
 from agent_operator.core.naming import job_name
 from agent_operator.core.patch import merge_patch
 from agent_operator.core.plan import PlanningResult
@@ -74,7 +77,14 @@ from agent_operator.kube.settings import OperatorSettings
 from agent_operator.planner import plan_with_llm
 from agent_operator.store import Store, StoreUnavailable
 
-__all__ = ["EventPoster", "KubeShell", "ObjectLoggerFactory", "OperatorContext", "TaskLoop"]
+__all__ = [
+    "EventPoster",
+    "KubeShell",
+    "ObjectLoggerFactory",
+    "OperatorContext",
+    "TaskLoop",
+    "plain_body",
+]
 
 Obj = dict[str, Any]
 Key = tuple[str, int]  # step id, attempt
@@ -408,12 +418,14 @@ class KubeShell:
         body: Any,
         pools: Callable[[str, str], Obj | None],
         approvals: Callable[[str], Iterable[Obj]],
+        servers: Callable[[str], Iterable[Obj]],
     ) -> None:
         self.ctx = ctx
         self.body = body
         self.log = ctx.object_logger(body)
         self._pools = pools
         self._approvals = approvals
+        self._servers = servers
         self.written: AgentTaskStatus | None = None
 
     @property
@@ -432,7 +444,7 @@ class KubeShell:
     # --- observe ------------------------------------------------------------------
 
     def observe_task(self) -> AgentTask:
-        task = AgentTask.model_validate(_plain(self.body))
+        task = AgentTask.model_validate(plain_body(self.body))
         if self.written is not None:  # the watch may not have brought our last write yet
             task = task.model_copy(update={"status": self.written})
         self.ctx.phases.set(self.uid, task.status.phase)
@@ -447,7 +459,7 @@ class KubeShell:
                 f"spec.poolRef names AgentPool {name!r}, which does not exist in namespace "
                 f"{namespace!r}; create it or point poolRef at an existing pool",
             )
-        return AgentPool.model_validate(_plain(body))
+        return AgentPool.model_validate(plain_body(body))
 
     def observe_runs(self, task: AgentTask, ended: Collection[Key]) -> Sequence[StepRun]:
         """Runs of the task's Jobs as the caches show them. A Job deleted a short while ago
@@ -482,7 +494,7 @@ class KubeShell:
         (with the task's label, for a step of it, decided already) decides nothing."""
         views = {}
         for body in self._approvals(self.uid):
-            view = approval_view(_plain(body))
+            view = approval_view(plain_body(body))
             if body["metadata"]["name"] == approval_name(
                 task.metadata.name, self.uid, view.step_id
             ):
@@ -493,7 +505,30 @@ class KubeShell:
         key = (task.metadata.namespace, pool.metadata.name)
         return self.ctx.ledger.reserve(key, self.uid, pool.spec.replicas)
 
-    def plan(self, task: AgentTask, pool: AgentPool) -> PlanningResult:
+    def observe_tools(self, pool: AgentPool) -> ToolRegistry:
+        granted = granted_servers(pool.spec)
+        if not granted:
+            return self.ctx.registry
+        servers = self._mcp_servers(pool)
+        unseen = sorted(
+            s.metadata.name
+            for s in servers
+            if s.metadata.name in granted and not s.status.conditions
+        )
+        if unseen:  # applied with the task (GitOps applies all at once): its list is moments away
+            raise Transient(f"waiting for MCPServer {unseen[0]!r} to list its tools")
+        return pool_registry(self.ctx.registry, pool.spec, servers)
+
+    def _mcp_servers(self, pool: AgentPool) -> list[MCPServer]:
+        """The MCPServers of the pool's namespace, but those that do not parse (their
+        status says so; their tools are unknown to plans)."""
+        servers = []
+        for body in self._servers(pool.metadata.namespace):
+            with contextlib.suppress(ValidationError):
+                servers.append(MCPServer.model_validate(plain_body(body)))
+        return servers
+
+    def plan(self, task: AgentTask, pool: AgentPool, tools: ToolRegistry) -> PlanningResult:
         model = pool.spec.model
         if model is None:
             return PlanningResult(
@@ -514,7 +549,7 @@ class KubeShell:
                     "spec.model.apiKeySecretRef) does not exist",
                 )
         result = asyncio.run(
-            plan_with_llm(task.spec, pool.spec, self.ctx.registry, api_key=api_key, model=model)
+            plan_with_llm(task.spec, pool.spec, tools, api_key=api_key, model=model)
         )
         metrics.LLM_TOKENS.inc(result.usage.tokens)  # spent now, whatever becomes of it
         metrics.LLM_COST.inc(result.usage.cost_usd)
@@ -528,7 +563,7 @@ class KubeShell:
             if not isinstance(start, StartStep):
                 continue
             try:
-                job = step_job(task, pool, start)
+                job = step_job(task, pool, start, self._server_of(pool, start.tool))
             except ValueError as error:  # the pool's template cannot make a safe pod
                 raise Permanent(Reason.invalid_pool_template, str(error)) from error
             name = job["metadata"]["name"]
@@ -541,6 +576,20 @@ class KubeShell:
                 self.ctx.ledger.release(key, [name])
                 raise
             self.ctx.jobs.put(created)  # known now: the next pass must not think it lost
+
+    def _server_of(self, pool: AgentPool, tool: str) -> MCPServer | None:
+        """The MCPServer of a step's MCP tool (None for any other tool)."""
+        mcp = server_of(tool)
+        if mcp is None:
+            return None
+        found = next((s for s in self._mcp_servers(pool) if s.metadata.name == mcp[0]), None)
+        if found is None:
+            raise Permanent(
+                Reason.mcp_server_not_found,
+                f"tool {tool!r} is of MCPServer {mcp[0]!r}, which no longer exists in "
+                f"namespace {pool.metadata.namespace!r}",
+            )
+        return found
 
     def act(self, task: AgentTask, pool: AgentPool | None, decision: Decision) -> None:
         cluster, meta = self.ctx.cluster, task.metadata
@@ -653,7 +702,7 @@ def _attempt_of(job: Obj) -> tuple[str, int]:
     return labels.get(LABEL_STEP, ""), int(labels.get(LABEL_ATTEMPT, 0))
 
 
-def _plain(body: Any) -> Obj:
+def plain_body(body: Any) -> Obj:
     """A plain dict of a Kopf body (or a dict already)."""
     if isinstance(body, dict):
         return body

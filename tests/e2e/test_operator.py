@@ -28,6 +28,7 @@ from agent_operator.store import resolve_url
 from localcluster.controlplane import eventually
 from localcluster.kubelet import LocalKubelet
 from tests.e2e.conftest import REPO, Kubectl, OperatorProcess
+from tests.mcp_server import ToolServer
 from tests.support.openai_server import ScriptedOpenAI, text
 
 pytestmark = pytest.mark.e2e
@@ -169,13 +170,15 @@ def test_crds_install_with_short_names(crds: list[str], kubectl: Kubectl, namesp
         "agentpools.agentoperator.io",
         "agenttasks.agentoperator.io",
         "approvalrequests.agentoperator.io",
+        "mcpservers.agentoperator.io",
     ]
     resources = kubectl("api-resources", "--api-group=agentoperator.io", "-o", "wide").stdout
-    for plural, short in (("agenttasks", "at"), ("approvalrequests", "apr"), ("agentpools", "ap")):
+    shorts = (("agenttasks", "at"), ("approvalrequests", "apr"), ("agentpools", "ap"))
+    for plural, short in (*shorts, ("mcpservers", "mcps")):
         line = next(row for row in resources.splitlines() if row.startswith(plural + " "))
         assert f" {short} " in line, line
     # Discovery has them all: each short name answers (empty lists in a fresh namespace).
-    for short in ("at", "apr", "ap"):
+    for short in ("at", "apr", "ap", "mcps"):
         listed = kubectl("get", short, "-n", namespace, "-o", "json")
         assert json.loads(listed.stdout)["items"] == []
 
@@ -455,6 +458,80 @@ def test_llm_planned_task_runs_to_success(
         assert {"secretKeyRef": {"name": "openai", "key": "api-key"}} in [
             e.get("valueFrom") for e in env
         ]
+
+
+def test_mcp_tools_are_discovered_and_called_from_the_runtime_image_with_the_secret_token(
+    operator: OperatorProcess, kubectl: Kubectl, namespace: str
+) -> None:
+    token = f"mcp-e2e-{uuid.uuid4().hex[:8]}"
+    server = ToolServer(token=token).start()  # step pods of the local kubelet share 127.0.0.1
+    try:
+        kubectl(
+            "create", "secret", "generic", "inventory-token", f"--from-literal=token={token}",
+            "-n", namespace,
+        )  # fmt: skip
+        mcp_server, inventory_pool, prune = example("mcp-tools.yaml", namespace)
+        mcp_server["spec"]["url"] = server.url
+        mcp_server["spec"]["bearerTokenSecretRef"] = {"name": "inventory-token", "key": "token"}
+        inventory_pool["spec"]["template"] = {"image": RUNTIME_IMAGE}
+        inventory_pool["spec"]["rules"] = [
+            {
+                "name": "keep-prod",
+                "condition": "tool == 'inventory/delete_thing' && params.name.startsWith('prod-')",
+                "effect": "Deny",
+                "message": "prod things stay",
+            }
+        ]
+        denied = copy.deepcopy(prune)
+        denied["metadata"]["name"] = "prune-prod"
+        denied["spec"]["steps"][1]["params"] = {"name": "prod-db"}
+        apply_yaml(kubectl, namespace, mcp_server, inventory_pool, prune, denied)
+        kubectl(
+            "wait", "--for=condition=Ready", "mcpserver/inventory", "-n", namespace,
+            "--timeout=60s",
+        )  # fmt: skip
+        listed = kubectl("get", "mcps", "-n", namespace).stdout.splitlines()
+        assert listed[0].split() == ["NAME", "TOOLS", "READY", "LAST-SYNC", "AGE"]
+        assert listed[1].split()[:3] == ["inventory", "2", "True"]  # the spec's filter: 2 of 4
+
+        def approval() -> dict[str, Any] | None:
+            items = kubectl.json("get", "approvalrequests", "-n", namespace)["items"]
+            return next((a for a in items if a["spec"]["stepId"] == "prune"), None)
+
+        request = eventually(approval, 120, "the ApprovalRequest of prune", every=1.0)
+        assert (request["spec"]["tool"], request["spec"]["risk"]["level"]) == (
+            "inventory/delete_thing",
+            "high",
+        )
+        assert server.calls == [("lookup", {"key": "stale-widget"})]  # nothing deleted yet
+        kubectl(
+            "patch", "approvalrequest", request["metadata"]["name"], "-n", namespace,
+            "--type", "merge", "-p", json.dumps({"spec": {"decision": "Approved"}}),
+        )  # fmt: skip
+        status = expect_phase(finished(kubectl, namespace, "prune-inventory"), "Succeeded")
+        refused = expect_phase(finished(kubectl, namespace, "prune-prod"), "Failed")
+    finally:
+        server.stop()
+    assert "step 'prune'" in refused["message"] and "keep-prod" in refused["message"]
+    assert "prod things stay" in refused["message"]
+    # The server gone: a step of its tool fails saying so, in one line.
+    late = copy.deepcopy(prune)
+    late["metadata"]["name"] = "look-again"
+    late["spec"]["steps"] = [prune["spec"]["steps"][0]]
+    apply_yaml(kubectl, namespace, late)
+    down = expect_phase(finished(kubectl, namespace, "look-again"), "Failed")
+    look = steps_of(down)["look"]
+    assert f"MCP server inventory: cannot connect to {server.url}: " in look["message"]
+    assert server.calls == [
+        ("lookup", {"key": "stale-widget"}),
+        ("delete_thing", {"name": "stale-widget"}),
+    ]
+    assert "unused since 2025-03" in steps_of(status)["look"]["message"]  # structured outputs
+    assert status["outputs"] == {"prune": {"text": "deleted stale-widget"}}
+    uid = uid_of(kubectl, namespace, "prune-inventory")
+    for job in jobs_of(kubectl, namespace, uid):
+        assert token not in json.dumps(job)  # mounted from the Secret, never a value
+    assert token not in json.dumps(get(kubectl, "mcpserver", "inventory", namespace))
 
 
 # The approval example as three tasks: each task's onReject, then what a person decides.

@@ -36,6 +36,7 @@ GROUP = "agentoperator.io/v1alpha1"
 TASKS = resource("agentoperator.io", "v1alpha1", "agenttasks")
 APPROVALS = resource("agentoperator.io", "v1alpha1", "approvalrequests")
 POOLS = resource("agentoperator.io", "v1alpha1", "agentpools")
+MCPSERVERS = resource("agentoperator.io", "v1alpha1", "mcpservers")
 JOBS = resource("batch", "v1", "jobs")
 PODS = resource("", "v1", "pods")
 NS = "team-a"
@@ -319,6 +320,9 @@ def _declare_resources(emulator: Any) -> None:
     )
     resources[f"{GROUP}/agentpools"] = ResourceInfo(
         kind="AgentPool", namespaced=True, subresources=["status", "scale"], verbs=VERBS
+    )
+    resources[f"{GROUP}/mcpservers"] = ResourceInfo(
+        kind="MCPServer", namespaced=True, subresources=["status"], verbs=VERBS
     )
     resources["batch/v1/jobs"] = ResourceInfo(
         kind="Job", namespaced=True, subresources=["status"], verbs=VERBS

@@ -462,12 +462,14 @@ def make_request(expires_at: datetime | None = None) -> RequestApproval:
             mitigations=["read-only credentials"],
         ),
         expires_at=expires_at or datetime(2026, 11, 23, 11, 0, 0, 123456, tzinfo=UTC),
+        digest="d1gest",
     )
 
 
 def test_the_approval_request_validates_and_hides_secrets() -> None:
     task = make_task()
     body = approval_request(task, make_request())
+    assert body["spec"]["paramsDigest"] == "d1gest"  # the core's digest, not one of its own
     parsed = ApprovalRequest.model_validate(body)
     assert parsed.spec.step_id == "publish" and parsed.spec.tool == "http_request"
     assert body["metadata"] == {
