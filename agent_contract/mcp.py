@@ -7,7 +7,9 @@ name, so it can never shadow a built-in (whose names have no slash).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -15,14 +17,17 @@ from pydantic.alias_generators import to_camel
 __all__ = [
     "MCP_CAPABILITY",
     "SEPARATOR",
+    "WHOLE_SERVER",
     "MCPEndpoint",
     "MCPHeaderFile",
     "MCPTransport",
+    "granted",
     "server_of",
     "tool_name",
 ]
 
 SEPARATOR = "/"
+WHOLE_SERVER = "*"  # `<server>/*` in a pool's spec.tools grants every tool of the server
 # The capability every MCP tool needs unless its server's overrides say otherwise: a pool
 # that lists capabilities grants MCP tools only when it lists this one.
 MCP_CAPABILITY = "mcp"
@@ -46,6 +51,16 @@ def server_of(name: str) -> tuple[str, str] | None:
     return (server, tool) if slash and server and tool else None
 
 
+def granted(name: str, grants: Sequence[str] | None) -> bool:
+    """Whether a pool whose spec.tools is `grants` lets its agents call tool `name`: a
+    built-in when listed or when the pool lists none; a server's tool only by name,
+    `<server>/<tool>` or `<server>/*`. The operator and the step's pod judge alike."""
+    found = server_of(name)
+    if found is None:
+        return grants is None or name in grants
+    return grants is not None and (name in grants or tool_name(found[0], WHOLE_SERVER) in grants)
+
+
 class _Wire(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
@@ -60,10 +75,13 @@ class MCPHeaderFile(_Wire):
 
 
 class MCPEndpoint(_Wire):
-    """Where a step's MCP tool lives and how to reach it: in the invocation of such a step."""
+    """Where an MCP tool a step calls lives and how to reach it, with the description and
+    input schema its server listed (what a sub-agent's model is offered and checked by)."""
 
     server: str
     tool: str  # the tool's own name on the server
+    description: str = ""
+    input_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
     url: str
     transport: MCPTransport = MCPTransport.streamable_http
     timeout_seconds: float = 30.0

@@ -96,8 +96,9 @@ class StepInvocation(BaseModel):
     allowed_tools: list[str] | None = Field(default=None, alias="allowedTools")
     allowed_hosts: list[str] = Field(default_factory=list, alias="allowedHosts")
     model: ModelSettings | None = None
-    # Set for a step that calls a tool of an MCP server: where it is and how to reach it.
-    mcp: MCPEndpoint | None = None
+    # The MCP tools the step calls (its own, or those its sub-agent may call): where each
+    # is and how to reach it.
+    mcp_tools: list[MCPEndpoint] = Field(default_factory=list, alias="mcpTools")
 
 
 class StepResult(BaseModel):

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from importlib.metadata import entry_points
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 from jsonschema import Draft202012Validator, ValidationError
 
@@ -153,6 +153,10 @@ class ByName(Generic[T]):
     def __contains__(self, name: object) -> bool:
         return name in self._items
 
+    def with_tools(self, items: Iterable[T]) -> Self:
+        """These items and `items` (an MCP server's tools, say) in a new collection."""
+        return type(self)([*self, *items])
+
 
 class ToolRegistry(ByName[ToolSpec]):
     """Tool specs by name: the built-ins plus those published through entry points."""
@@ -160,9 +164,9 @@ class ToolRegistry(ByName[ToolSpec]):
     def name_of(self, item: ToolSpec) -> str:
         return item.name
 
-    def with_tools(self, tools: Iterable[ToolSpec]) -> ToolRegistry:
-        """This registry and `tools` (an MCP server's, say) in a new one."""
-        return type(self)([*self, *tools])
+    def called_by(self, tool: ToolSpec, params: dict[str, Any]) -> list[ToolSpec]:
+        """The known tools a call of `tool` with `params` may call in turn (a sub-agent's)."""
+        return [spec for name in tool.calls(params) if (spec := self.get(name)) is not None]
 
     @classmethod
     def default(cls) -> ToolRegistry:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import TextIO
 
 from agent_contract import ToolRegistry
-from agent_contract.mcp import MCPEndpoint, server_of
+from agent_contract.mcp import MCPEndpoint
 from agent_operator.api import (
     AgentPool,
     AgentPoolSpec,
@@ -39,7 +39,7 @@ from agent_operator.core.decide import (
     StopStep,
 )
 from agent_operator.core.invocation import step_invocation
-from agent_operator.core.mcp import endpoint, pool_registry
+from agent_operator.core.mcp import pool_registry, step_endpoints
 from agent_operator.core.naming import job_name
 from agent_operator.core.plan import PlanningResult
 from agent_operator.core.summary import summarize
@@ -146,7 +146,7 @@ class EmbeddedRun:
     def act(self, task: AgentTask, pool: AgentPool | None, decision: Decision) -> None:
         for action in decision.actions:
             if isinstance(action, StartStep):
-                invocation = step_invocation(task, self.pool.spec, action, self._endpoint(action))
+                invocation = step_invocation(task, self.pool.spec, action, self._endpoints(action))
                 meta = task.metadata
                 name = job_name(meta.name, self.uid, action.step_id, action.attempt)
                 self.executor.start(invocation, name)
@@ -168,14 +168,11 @@ class EmbeddedRun:
                 view = self.approvals[action.step_id]
                 self.approvals[action.step_id] = replace(view, phase=ApprovalPhase.expired)
 
-    def _endpoint(self, start: StartStep) -> MCPEndpoint | None:
-        """How the step reaches its MCP server (None for any other tool). The plan was
-        checked against the servers' tools, so the server is one of the file's."""
-        found = server_of(start.tool)
-        if found is None:
-            return None
-        server = next(s for s in self.servers if s.metadata.name == found[0])
-        return endpoint(server, found[1])
+    def _endpoints(self, start: StartStep) -> list[MCPEndpoint]:
+        """How the step reaches the MCP tools it calls. The plan was checked against the
+        servers' tools, so their servers are the file's."""
+        endpoints, _servers = step_endpoints([start.tool, *start.calls], self.servers)
+        return endpoints
 
     def settle(self, task: AgentTask) -> None:
         """Nothing set aside: one task has the local executor to itself."""

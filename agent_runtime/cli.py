@@ -37,13 +37,20 @@ from agent_contract import (
     StepResult,
     Usage,
 )
-from agent_contract.mcp import tool_name
+from agent_contract.mcp import granted
 from agent_runtime.executor import kill_process_groups, run_tool
 from agent_runtime.mcp_tool import mcp_tool
 from agent_runtime.redaction import redact, referenced_variables, secret_values
 from agent_runtime.registry import Tool, Toolbox, ToolContext, ToolFailure, ToolTimeout
 
-__all__ = ["InvalidInvocation", "check_invocation", "execute", "fit_message", "main"]
+__all__ = [
+    "InvalidInvocation",
+    "check_invocation",
+    "execute",
+    "fit_message",
+    "main",
+    "step_toolbox",
+]
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -89,27 +96,25 @@ def load_invocation(step_file: Path | None, env: Mapping[str, str]) -> StepInvoc
         raise InvalidInvocation(f"invalid step: {problems}") from None
 
 
-def tool_of(invocation: StepInvocation, toolbox: Toolbox) -> Tool | None:
-    """The tool the step calls: one of the image's, or an MCP server's it names."""
-    endpoint = invocation.mcp
-    if endpoint is not None and invocation.tool == tool_name(endpoint.server, endpoint.tool):
-        return mcp_tool(endpoint)
-    return toolbox.get(invocation.tool)
+def step_toolbox(invocation: StepInvocation, toolbox: Toolbox) -> Toolbox:
+    """The image's tools and the MCP tools the invocation names (the step's own, or those
+    its sub-agent may call)."""
+    return toolbox.with_tools(mcp_tool(endpoint) for endpoint in invocation.mcp_tools)
 
 
 def check_invocation(invocation: StepInvocation, toolbox: Toolbox) -> Tool:
     """The operator's rules again, in the pod: tool known and allowed, params, approval."""
-    tool = tool_of(invocation, toolbox)
+    tool = toolbox.get(invocation.tool)
     if tool is None:
         raise InvalidInvocation(
             f"tool: {invocation.tool!r} is not in this image's registry "
             f"(available: {', '.join(toolbox.names())})"
         )
     allowed = invocation.allowed_tools
-    if allowed is not None and invocation.tool not in allowed:
+    if not granted(invocation.tool, allowed):
+        listed = "every built-in, no MCP tool" if allowed is None else ", ".join(allowed)
         raise InvalidInvocation(
-            f"tool: {invocation.tool!r} is not in allowedTools "
-            f"(allowed: {', '.join(allowed) or 'none'})"
+            f"tool: {invocation.tool!r} is not in allowedTools (allowed: {listed or 'none'})"
         )
     errors = tool.spec.param_errors(invocation.params)
     if errors:
@@ -198,7 +203,7 @@ def run_step(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     try:
         invocation = load_invocation(args.step_file, env)
         secrets = secret_values(env, referenced_variables(invocation))
-        toolbox = Toolbox.default()
+        toolbox = step_toolbox(invocation, Toolbox.default())
         tool = check_invocation(invocation, toolbox)
         _log(
             "step started",

@@ -1,6 +1,6 @@
-"""A step that calls a tool of an MCP server: the tool is made from the invocation's
-endpoint, since the image cannot know every server's tools. Its params were checked
-against the tool's schema by the operator, and the server checks them again."""
+"""Tools of MCP servers, made from the invocation's endpoints since the image cannot know
+every server's tools: a step calls one, or its sub-agent may. Params are checked against
+the schema the server listed (by the operator, the runtime, and the server again)."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ def mcp_tool(endpoint: MCPEndpoint) -> Tool:
     """The tool `endpoint` names, called over the network with the step's params."""
     spec = ToolSpec(
         name=tool_name(endpoint.server, endpoint.tool),
-        description=f"{endpoint.tool} of MCP server {endpoint.server}",
-        params_schema={"type": "object"},
+        description=endpoint.description or f"{endpoint.tool} of MCP server {endpoint.server}",
+        params_schema=endpoint.input_schema,
         risk=RiskLevel.high,
         timeout_seconds=endpoint.timeout_seconds,
     )

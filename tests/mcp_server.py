@@ -1,5 +1,6 @@
 """A real MCP server for the tests and the example, built with the official SDK and served
-over streamable HTTP by uvicorn in a thread of its own.
+over streamable HTTP (or the older SSE transport, `sse=True`) by uvicorn in a thread of its
+own.
 
 Its tools: `lookup` (read-only, closed world, structured output), `delete_thing`
 (destructive), `broken` (answers with an error result), `slow` (sleeps; says nothing of its
@@ -25,6 +26,11 @@ import mcp.types as types
 import uvicorn
 from mcp.server.lowlevel.server import NotificationOptions, Server
 from mcp.server.models import InitializationOptions
+from mcp.server.sse import SseServerTransport
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 Handler = Callable[[dict[str, Any]], Awaitable[types.CallToolResult]]
@@ -129,12 +135,33 @@ class _BearerToken:
         await self.app(scope, receive, send)
 
 
+def _sse_app(server: Server[Any]) -> ASGIApp:
+    """The SDK's SSE transport: an event stream at /sse, the client's messages at /messages/."""
+    transport = SseServerTransport("/messages/")
+
+    async def stream(request: Request) -> Response:
+        async with transport.connect_sse(request.scope, request.receive, request._send) as (
+            read,
+            write,
+        ):
+            await server.run(read, write, server.create_initialization_options())
+        return Response()
+
+    return Starlette(
+        routes=[
+            Route("/sse", endpoint=stream, methods=["GET"]),
+            Mount("/messages/", app=transport.handle_post_message),
+        ]
+    )
+
+
 @dataclass
 class ToolServer:
     """The server, started on a free port of 127.0.0.1 (or `port`)."""
 
     page_size: int | None = None
     token: str | None = None
+    sse: bool = False  # the SSE transport (GET /sse, POST /messages/) instead
     port: int = 0
     host: str = "127.0.0.1"
     tools: dict[str, tuple[types.Tool, Handler]] = field(default_factory=default_tools)
@@ -146,7 +173,11 @@ class ToolServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}/mcp"
+        return f"http://{self.host}:{self.port}/{'sse' if self.sse else 'mcp'}"
+
+    def schema(self, tool: str) -> dict[str, Any]:
+        """The input schema `tools/list` gives for `tool`."""
+        return dict(self.tools[tool][0].input_schema)
 
     async def _list(
         self, ctx: Any, params: types.PaginatedRequestParams | None
@@ -175,7 +206,7 @@ class ToolServer:
                 probe.bind((self.host, 0))
                 self.port = probe.getsockname()[1]
         server = _Server("test-tools", on_list_tools=self._list, on_call_tool=self._call)
-        app: ASGIApp = server.streamable_http_app(host=self.host)
+        app: ASGIApp = _sse_app(server) if self.sse else server.streamable_http_app(host=self.host)
         if self.token:
             app = _BearerToken(app, self.token)
         config = uvicorn.Config(app, host=self.host, port=self.port, log_level="warning")

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from tests.mcp_server import ToolServer
+from tests.support.openai_server import ScriptedOpenAI, text, tool_calls
 from tests.test_embedded import EXAMPLES, agent_operator, write_task
 
 EXAMPLE = EXAMPLES / "mcp-tools.yaml"
@@ -120,3 +121,28 @@ def test_a_pool_granting_a_server_the_file_lacks_is_refused(
     result = agent_operator(tmp_path, "-f", path, "--dry-run")
     assert result.returncode == 2
     assert "MCPServer 'inventory', which the file does not define" in result.stderr
+
+
+@pytest.mark.llm
+def test_a_sub_agent_calls_the_files_mcp_tool_through_the_model(
+    tmp_path: Path, server: ToolServer
+) -> None:
+    def delegate(server_doc: Any, pool: Any, task: Any) -> None:
+        pool["spec"]["tools"] = ["react_agent", "inventory/lookup"]
+        pool["spec"]["model"] = {"baseURL": openai.base_url, "model": "scripted"}
+        goal = {"goal": "Is stale-widget still used?", "tools": ["inventory/lookup"]}
+        task["spec"]["steps"] = [{"id": "ask", "tool": "react_agent", "params": goal}]
+
+    server.calls.clear()
+    with ScriptedOpenAI(api_key="sk-test") as openai:
+        openai.reply(
+            tool_calls([("inventory__lookup", {"key": "stale-widget"})]),
+            text("No: unused since 2025-03."),
+        )
+        path = write_task(tmp_path, *example(server.url, delegate))
+        result = agent_operator(tmp_path, "-f", path, env={"OPENAI_API_KEY": "sk-test"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert server.calls == [("lookup", {"key": "stale-widget"})]
+    assert "No: unused since 2025-03." in result.stdout
+    [offered] = openai.requests[0]["tools"]
+    assert offered["function"]["name"] == "inventory__lookup"

@@ -105,11 +105,26 @@ class ApprovalView:
     params_digest: str | None = None  # of the params it asked about; None: not recorded
 
 
+def bound_schemas(
+    registry: ToolRegistry, tool: str, params: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The params schemas an approval of a call of `tool` is bound to: the tool's, with
+    those of the tools it may call in turn (a sub-agent's) when it has any; None for a
+    tool no longer known."""
+    spec = registry.get(tool)
+    if spec is None:
+        return None
+    called = registry.called_by(spec, params)
+    if not called:
+        return spec.params_schema
+    return {"tool": spec.params_schema, "calls": {c.name: c.params_schema for c in called}}
+
+
 def params_digest(params: Mapping[str, Any], schema: Mapping[str, Any] | None) -> str:
     """What an approval is bound to: the step's params as it asked about them (before any
-    redaction) and the params schema of the tool then, so an approval given for some params
-    never lets others run (spec.inputs may change while a step waits), nor the same params
-    on a tool whose server has changed it."""
+    redaction) and the params schemas of its tools then (`bound_schemas`), so an approval
+    given for some params never lets others run (spec.inputs may change while a step
+    waits), nor the same params on a tool whose server has changed it."""
     bound = params if schema is None else {"params": params, "schema": schema}
     text = json.dumps(bound, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -162,6 +177,8 @@ class StartStep:
     timeout_seconds: int
     requires_approval: bool
     approved_by: str | None
+    # The tools the step's sub-agent may call: the step's pod needs their MCP endpoints too.
+    calls: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -518,6 +535,11 @@ def _run(observed: Observed, status: AgentTaskStatus, merged: list[StepRun]) -> 
                     timeout_seconds=step.timeout_seconds,
                     requires_approval=start.requires_approval,
                     approved_by=(approval.decided_by or UNRECORDED_APPROVER) if approval else None,
+                    calls=tuple(
+                        tool.calls(start.params)
+                        if (tool := observed.registry.get(step.tool)) is not None
+                        else ()
+                    ),
                 )
             )
             views[step.id] = _StepView(
@@ -754,6 +776,7 @@ def _risk_at_start(
         safety,
         step.timeout_seconds,
         matches,
+        observed.registry.called_by(tool, params),
     )
     return tightest(step.risk, now), "; ".join(denied) or None
 
@@ -773,8 +796,7 @@ def _approval_gate(
         return _StepView(
             StepPhase.pending, reason=Reason.suspended, message="asks for approval once resumed"
         )
-    tool = observed.registry.get(step.tool)
-    digest = params_digest(params, None if tool is None else tool.params_schema)
+    digest = params_digest(params, bound_schemas(observed.registry, step.tool, params))
     if approval is None:
         expires = now + timedelta(seconds=safety.approval_timeout_seconds)
         actions.append(RequestApproval(step.id, step.tool, params, risk, expires, digest))

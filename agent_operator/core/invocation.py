@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from agent_contract import API_KEY_ENV, ModelSettings, StepInvocation
 from agent_contract.mcp import MCPEndpoint
 from agent_operator.api import AgentPoolSpec, AgentTask
@@ -9,10 +11,14 @@ from agent_operator.core.decide import StartStep
 
 
 def step_invocation(
-    task: AgentTask, pool: AgentPoolSpec, start: StartStep, mcp: MCPEndpoint | None = None
+    task: AgentTask,
+    pool: AgentPoolSpec,
+    start: StartStep,
+    mcp_tools: Sequence[MCPEndpoint] = (),
 ) -> StepInvocation:
     """The invocation for one attempt; secrets stay out (the key comes through API_KEY_ENV,
-    an MCP server's headers from files). `mcp`: the server of a step calling its tool."""
+    an MCP server's headers from files). `mcp_tools`: how to reach the MCP tools the step
+    calls (`core.mcp.step_endpoints`)."""
     meta, model = task.metadata, pool.model
     return StepInvocation(
         task=meta.name,
@@ -40,5 +46,5 @@ def step_invocation(
             if model
             else None
         ),
-        mcp=mcp,
+        mcp_tools=list(mcp_tools),
     )

@@ -26,18 +26,17 @@ from agent_operator.api import (
 
 __all__ = [
     "SECRETS_DIR",
-    "WHOLE_SERVER",
-    "endpoint",
     "granted_servers",
+    "header_dir",
     "offered",
     "pool_registry",
     "secret_headers",
+    "step_endpoints",
     "tool_risk",
     "tool_specs",
 ]
 
-WHOLE_SERVER = "*"  # `<server>/*` in a pool's spec.tools grants every tool of the server
-# Where a step pod finds the Secret keys of its server's headers: `<dir>/<n>/value`.
+# Where a step pod finds the Secret keys of its servers' headers: `header_dir(...)/value`.
 SECRETS_DIR = "/var/run/agent-operator/mcp"
 
 
@@ -139,17 +138,47 @@ def secret_headers(spec: MCPServerSpec) -> list[tuple[str, SecretKeyRef, str]]:
     return headers
 
 
-def endpoint(server: MCPServer, tool: str) -> MCPEndpoint:
-    """How a step reaches `tool` of `server`, its headers read from the files the step's
-    pod mounts from their Secrets (`SECRETS_DIR`)."""
+def header_dir(server: str, index: int) -> str:
+    """The directory where a step's pod mounts the Secret key of header `index` (in
+    `secret_headers` order) of the MCPServer named `server`."""
+    return f"{SECRETS_DIR}/{server}/{index}"
+
+
+def _endpoint(server: MCPServer, tool: str) -> MCPEndpoint:
+    listed = next((t for t in server.status.tools if t.name == tool), None)
     return MCPEndpoint(
         server=server.metadata.name,
         tool=tool,
+        description=listed.description if listed is not None else "",
+        input_schema=listed.input_schema if listed is not None else {"type": "object"},
         url=server.spec.url,
         transport=server.spec.transport,
         timeout_seconds=server.spec.timeout_seconds,
         headers=[
-            MCPHeaderFile(name=name, path=f"{SECRETS_DIR}/{index}/value", prefix=prefix)
+            MCPHeaderFile(
+                name=name, path=f"{header_dir(server.metadata.name, index)}/value", prefix=prefix
+            )
             for index, (name, _ref, prefix) in enumerate(secret_headers(server.spec))
         ],
     )
+
+
+def step_endpoints(
+    tools: Iterable[str], servers: Sequence[MCPServer]
+) -> tuple[list[MCPEndpoint], list[MCPServer]]:
+    """How a step reaches each MCP tool among `tools` (its own, and those its sub-agent may
+    call), with the description and schema its server lists, and the servers they are of,
+    whose header Secrets the step's pod mounts. Raises LookupError naming a server that
+    is not among `servers`."""
+    by_name = {server.metadata.name: server for server in servers}
+    endpoints, used = [], {}
+    for name in dict.fromkeys(tools):
+        found = server_of(name)
+        if found is None:
+            continue
+        server = by_name.get(found[0])
+        if server is None:
+            raise LookupError(f"tool {name!r} is of MCPServer {found[0]!r}, which does not exist")
+        endpoints.append(_endpoint(server, found[1]))
+        used[found[0]] = server
+    return endpoints, list(used.values())

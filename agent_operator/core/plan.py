@@ -6,11 +6,10 @@ from dataclasses import dataclass, field
 from graphlib import CycleError, TopologicalSorter
 
 from agent_contract import NETWORK, ToolRegistry, ToolSpec, Usage, params_problem
-from agent_contract.mcp import server_of, tool_name
+from agent_contract.mcp import WHOLE_SERVER, granted, server_of, tool_name
 from agent_operator.api import AgentPoolSpec, AgentTaskSpec, PlannedStep, Step
 from agent_operator.core import cel
 from agent_operator.core.cel import CelError
-from agent_operator.core.mcp import WHOLE_SERVER
 from agent_operator.core.safety import (
     assess,
     policy_problems,
@@ -67,17 +66,15 @@ def _ancestors(dependencies: dict[str, list[str]]) -> dict[str, set[str]]:
 def _grant_problems(tool: ToolSpec, pool: AgentPoolSpec) -> list[str]:
     """Why the pool does not let its agents use `tool` (empty: it does)."""
     problems = []
-    mcp = server_of(tool.name)
-    if mcp is not None:  # granted by name only: `<server>/<tool>` or `<server>/*`
-        grants = pool.tools or []
-        if tool.name not in grants and tool_name(mcp[0], WHOLE_SERVER) not in grants:
-            problems.append(
-                f"the pool does not grant MCP tool {tool.name!r}; list it (or "
-                f"{tool_name(mcp[0], WHOLE_SERVER)!r}) in the AgentPool's spec.tools"
-            )
-    elif pool.tools is not None and tool.name not in pool.tools:
-        allowed = ", ".join(pool.tools) or "none"
-        problems.append(f"the pool does not grant tool {tool.name!r}; it grants: {allowed}")
+    if not granted(tool.name, pool.tools):
+        mcp = server_of(tool.name)
+        problems.append(
+            f"the pool does not grant MCP tool {tool.name!r}; list it (or "
+            f"{tool_name(mcp[0], WHOLE_SERVER)!r}) in the AgentPool's spec.tools"
+            if mcp is not None
+            else f"the pool does not grant tool {tool.name!r}; it grants: "
+            + (", ".join(pool.tools or []) or "none")
+        )
     if pool.capabilities is not None:
         missing = sorted(tool.capabilities - set(pool.capabilities))
         if missing:
@@ -110,11 +107,6 @@ def _tool_problems(
         called = registry.get(name)
         if called is None:
             grants.append(f"{where}.params: calls unknown tool {name!r}")
-        elif server_of(name) is not None:  # its pod holds no endpoint nor credentials of them
-            grants.append(
-                f"{where}.params: a sub-agent cannot call MCP tools yet ({name!r}); give "
-                "the MCP tool a step of its own"
-            )
         else:
             grants += [f"{where}.params: {problem}" for problem in _grant_problems(called, pool)]
     size = params_problem(step.params)
@@ -208,6 +200,7 @@ def build_plan(
                     spec.safety,
                     timeout,
                     matches,
+                    registry.called_by(tool, step.params),
                 ),
             )
         )

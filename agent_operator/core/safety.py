@@ -56,12 +56,18 @@ def _protected_hits(params: dict[str, Any], safety: Safety) -> list[str]:
     return hits
 
 
-def _required_by_list(tool: ToolSpec, level: RiskLevel, safety: Safety) -> str | None:
-    if tool.requires_approval:
-        return f"the tool's server requires approval for every call of {tool.name!r}"
+def _required_by_list(
+    tool: ToolSpec, called: Sequence[ToolSpec], level: RiskLevel, safety: Safety
+) -> str | None:
+    """Why the tool's server or spec.safety.requireApprovalFor asks for approval of the step:
+    for its tool, or for one its sub-agent may call (`called`)."""
+    for spec in (tool, *called):
+        said = "" if spec is tool else ", which the step may call"
+        if spec.requires_approval:
+            return f"the tool's server requires approval for every call of {spec.name!r}{said}"
+        if spec.name in safety.require_approval_for:
+            return f"spec.safety.requireApprovalFor names tool {spec.name!r}{said}"
     for entry in safety.require_approval_for:
-        if entry == tool.name:
-            return f"spec.safety.requireApprovalFor names tool {tool.name!r}"
         if entry in RiskLevel.__members__ and level >= RiskLevel(entry):
             return f"spec.safety.requireApprovalFor asks for approval from {entry} risk up"
     return None
@@ -182,9 +188,11 @@ def assess(
     safety: Safety,
     timeout_seconds: int,
     rules: Sequence[RuleMatch] = (),
+    called: Sequence[ToolSpec] = (),
 ) -> RiskAssessment:
     """The verdict stored in the plan: `level` is the tool's risk for these params, `rules`
-    the safety rules that hold for the step (but Deny ones, which refuse it)."""
+    the safety rules that hold for the step (but Deny ones, which refuse it), `called` the
+    tools its sub-agent may call."""
     risks = [CAPABILITY_RISKS.get(c, f"uses capability {c!r}") for c in sorted(tool.capabilities)]
     mitigations = [
         "runs as its own Job with the pool's ServiceAccount",
@@ -207,7 +215,7 @@ def assess(
     threshold = APPROVAL_FROM[safety.level]
     if level >= threshold:
         reasons.append(f"{level} risk needs approval under the {safety.level} policy")
-    listed = _required_by_list(tool, level, safety)
+    listed = _required_by_list(tool, called, level, safety)
     if listed:
         reasons.append(listed)
     if protected:

@@ -8,13 +8,12 @@ cluster, and a restarted operator derives the very same names to adopt what exis
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC
 from typing import Any
 
 from agent_contract import API_KEY_ENV, DEFAULT_TERMINATION_PATH, STEP_ENV
-from agent_contract.builtin.llm import REACT_AGENT
-from agent_contract.mcp import server_of
+from agent_contract.mcp import MCPEndpoint
 from agent_operator.api import (
     API_VERSION,
     AgentPool,
@@ -31,7 +30,7 @@ from agent_operator.core.decide import (
     StartStep,
 )
 from agent_operator.core.invocation import step_invocation
-from agent_operator.core.mcp import SECRETS_DIR, endpoint, secret_headers
+from agent_operator.core.mcp import header_dir, secret_headers, step_endpoints
 from agent_operator.core.naming import MAX_JOB_NAME, job_name
 from agent_operator.redact import redact
 
@@ -105,17 +104,19 @@ def approval_name(task_name: str, task_uid: str, step_id: str) -> str:
 
 
 def step_job(
-    task: AgentTask, pool: AgentPool, start: StartStep, server: MCPServer | None = None
+    task: AgentTask, pool: AgentPool, start: StartStep, servers: Sequence[MCPServer] = ()
 ) -> dict[str, Any]:
     """The batch/v1 Job that runs one attempt of one step, made prepared (suspended).
-    `server`: the MCPServer whose tool the step calls; its headers' Secret keys are
-    mounted as files (`core.mcp.SECRETS_DIR`), never put in the environment.
+    `servers`: the MCPServers of the pool's namespace. Those whose tools the step calls
+    (itself, or its sub-agent) give the invocation their endpoints, and their headers'
+    Secret keys are mounted as files (`core.mcp.header_dir`), never put in the environment.
 
     The pod holds no credential of the operator's: a result too large for the termination
     message comes back through the pod's log. Raises ValueError, naming the field, when the
     pool's template would make a pod outside the "restricted" Pod Security Standard or
-    would override what the operator sets.
+    would override what the operator sets; LookupError when a tool's server is missing.
     """
+    endpoints, used = step_endpoints([start.tool, *start.calls], servers)
     template = pool.spec.template.wire()  # camelCase copies: the job never aliases the pool
     labels = {
         **_task_labels(task, start.step_id),
@@ -126,7 +127,7 @@ def step_job(
         "name": CONTAINER,
         "image": template["image"],
         "args": ["run-step"],
-        "env": _env(task, pool, start, template.get("env", []), server),
+        "env": _env(task, pool, start, template.get("env", []), endpoints),
         "securityContext": _merge(
             {
                 "allowPrivilegeEscalation": False,
@@ -141,23 +142,24 @@ def step_job(
         "volumeMounts": [{"name": TMP_VOLUME, "mountPath": "/tmp"}],
     }
     volumes: list[dict[str, Any]] = [{"name": TMP_VOLUME, "emptyDir": {}}]
-    for index, (_name, ref, _prefix) in enumerate(
-        secret_headers(server.spec) if server is not None else []
-    ):
-        volume = f"mcp-header-{index}"
+    secrets = [
+        (header_dir(server.metadata.name, index), ref)
+        for server in used
+        for index, (_name, ref, _prefix) in enumerate(secret_headers(server.spec))
+    ]
+    for number, (directory, ref) in enumerate(secrets):
+        volume = f"mcp-header-{number}"
         volumes.append(
             {
                 "name": volume,
                 "secret": {"secretName": ref.name, "items": [{"key": ref.key, "path": "value"}]},
             }
         )
-        container["volumeMounts"].append(
-            {"name": volume, "mountPath": f"{SECRETS_DIR}/{index}", "readOnly": True}
-        )
+        container["volumeMounts"].append({"name": volume, "mountPath": directory, "readOnly": True})
     container |= _present(template, "imagePullPolicy", "envFrom", "resources")
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
-        "automountServiceAccountToken": _needs_kubernetes(start.tool, start.params),
+        "automountServiceAccountToken": _needs_kubernetes(start),
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": RUN_AS_USER,
@@ -315,12 +317,10 @@ def _env(
     pool: AgentPool,
     start: StartStep,
     extra: list[dict[str, Any]],
-    server: MCPServer | None,
+    endpoints: Sequence[MCPEndpoint],
 ) -> list[dict[str, Any]]:
     """The step (no secret in it), secrets by reference only, then the pool's own env."""
-    mcp = server_of(start.tool)
-    found = endpoint(server, mcp[1]) if server is not None and mcp is not None else None
-    invocation = step_invocation(task, pool.spec, start, found)
+    invocation = step_invocation(task, pool.spec, start, endpoints)
     env: list[dict[str, Any]] = [
         {"name": STEP_ENV, "value": invocation.model_dump_json(by_alias=True)}
     ]
@@ -343,12 +343,10 @@ def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
 
-def _needs_kubernetes(tool: str, params: Mapping[str, Any]) -> bool:
-    """Whether the step talks to the API server; only then does its pod get a token."""
-    if tool == REACT_AGENT:
-        tools = params.get("tools")
-        return isinstance(tools, list) and any(_needs_kubernetes(t, {}) for t in tools)
-    return tool.startswith("kubernetes_")
+def _needs_kubernetes(start: StartStep) -> bool:
+    """Whether the step (or its sub-agent) talks to the API server; only then does its
+    pod get a token."""
+    return any(tool.startswith("kubernetes_") for tool in (start.tool, *start.calls))
 
 
 def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

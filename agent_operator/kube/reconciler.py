@@ -562,10 +562,20 @@ class KubeShell:
         for start in decision.actions:
             if not isinstance(start, StartStep):
                 continue
+            servers = (
+                self._mcp_servers(pool)
+                if any(server_of(tool) for tool in (start.tool, *start.calls))
+                else []
+            )
             try:
-                job = step_job(task, pool, start, self._server_of(pool, start.tool))
+                job = step_job(task, pool, start, servers)
             except ValueError as error:  # the pool's template cannot make a safe pod
                 raise Permanent(Reason.invalid_pool_template, str(error)) from error
+            except LookupError as error:  # deleted since the plan was made
+                raise Permanent(
+                    Reason.mcp_server_not_found,
+                    f"{error} in namespace {pool.metadata.namespace!r}",
+                ) from error
             name = job["metadata"]["name"]
             self.ctx.ledger.take(key, self.uid, [name])  # held while it is being made
             try:
@@ -576,20 +586,6 @@ class KubeShell:
                 self.ctx.ledger.release(key, [name])
                 raise
             self.ctx.jobs.put(created)  # known now: the next pass must not think it lost
-
-    def _server_of(self, pool: AgentPool, tool: str) -> MCPServer | None:
-        """The MCPServer of a step's MCP tool (None for any other tool)."""
-        mcp = server_of(tool)
-        if mcp is None:
-            return None
-        found = next((s for s in self._mcp_servers(pool) if s.metadata.name == mcp[0]), None)
-        if found is None:
-            raise Permanent(
-                Reason.mcp_server_not_found,
-                f"tool {tool!r} is of MCPServer {mcp[0]!r}, which no longer exists in "
-                f"namespace {pool.metadata.namespace!r}",
-            )
-        return found
 
     def act(self, task: AgentTask, pool: AgentPool | None, decision: Decision) -> None:
         cluster, meta = self.ctx.cluster, task.metadata

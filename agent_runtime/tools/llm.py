@@ -6,13 +6,16 @@ variable it names, so the key never appears in params, results or logs.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from agent_contract import ModelSettings, Usage, cost_usd
 from agent_contract.builtin import llm as specs
 from agent_contract.builtin.llm import REACT_AGENT
+from agent_contract.mcp import SEPARATOR, granted
 from agent_runtime.executor import run_tool
 from agent_runtime.redaction import redact, referenced_variables, secret_values, variables_named_in
 from agent_runtime.registry import Tool, ToolContext, ToolFailure, ToolOutcome, ToolTimeout
@@ -31,6 +34,8 @@ DEFAULT_SYSTEM = (
 MAX_OBSERVATION_CHARS = 8000  # what one tool result may add to the conversation
 MAX_PREVIEW_CHARS = 300  # what one trace entry keeps of arguments and results
 MAX_CALLS_PER_TURN = 8
+FUNCTION_CHARS = re.compile(r"[^A-Za-z0-9_-]")  # what a function name may not hold
+MAX_FUNCTION_NAME = 64
 
 
 def _client(ctx: ToolContext, tool: str) -> tuple[OpenAI, ModelSettings]:
@@ -119,6 +124,20 @@ def _llm_complete(params: dict[str, Any], ctx: ToolContext) -> ToolOutcome:
     return ToolOutcome(outputs=outputs, usage=usage)
 
 
+def function_names(tools: Iterable[str]) -> list[str]:
+    """A function name for each tool, as the OpenAI API allows them (letters, digits, `_`
+    and `-`, at most 64): an MCP tool `<server>/<tool>` is offered as `<server>__<tool>`,
+    and a name still too long or taken gets a hash of the tool's name."""
+    taken: list[str] = []
+    for name in tools:
+        function = FUNCTION_CHARS.sub("_", name.replace(SEPARATOR, "__"))
+        if len(function) > MAX_FUNCTION_NAME or function in taken:
+            digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+            function = f"{function[: MAX_FUNCTION_NAME - 9]}_{digest}"
+        taken.append(function)
+    return taken
+
+
 def _preview(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     return text if len(text) <= MAX_PREVIEW_CHARS else text[: MAX_PREVIEW_CHARS - 1] + "…"
@@ -131,11 +150,14 @@ class _Agent:
         self.params = params
         self.ctx = ctx
         allowed = ctx.invocation.allowed_tools
-        self.tools = {
-            name: tool
+        callable_tools = [
+            tool
             for name in specs.REACT_AGENT_TOOL.calls(params)
-            if (allowed is None or name in allowed) and (tool := ctx.toolbox.get(name)) is not None
-        }
+            if granted(name, allowed) and (tool := ctx.toolbox.get(name)) is not None
+        ]
+        # By the function name the model knows each tool by.
+        names = function_names(tool.spec.name for tool in callable_tools)
+        self.tools = dict(zip(names, callable_tools, strict=True))
         if not self.tools:
             raise ToolFailure(
                 f"react_agent has no tool to call: params.tools {params['tools']} are unknown, "
@@ -158,12 +180,12 @@ class _Agent:
             {
                 "type": "function",
                 "function": {
-                    "name": tool.spec.name,
+                    "name": function,
                     "description": tool.spec.description,
                     "parameters": tool.spec.params_schema,
                 },
             }
-            for tool in self.tools.values()
+            for function, tool in self.tools.items()
         ]
 
     def run(self) -> ToolOutcome:
@@ -214,8 +236,9 @@ class _Agent:
         """Run one tool call; the answer (or the error to correct) goes back to the model."""
         if call.type != "function":
             return self._record(call.type, "", error="only function tools are available")
-        name, raw = call.function.name, call.function.arguments
-        tool = self.tools.get(name)
+        function, raw = call.function.name, call.function.arguments
+        tool = self.tools.get(function)
+        name = function if tool is None else tool.spec.name
         if over_limit:
             return self._record(name, raw, error=f"at most {MAX_CALLS_PER_TURN} calls per turn")
         if tool is None:

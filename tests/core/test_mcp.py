@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from agent_contract import RiskLevel
+from agent_contract.mcp import granted
 from agent_operator.api import (
     AgentPoolSpec,
     ApprovalPhase,
@@ -17,7 +18,7 @@ from agent_operator.api import (
     MCPToolOverride,
 )
 from agent_operator.core.decide import RequestApproval, StartStep
-from agent_operator.core.mcp import offered, pool_registry, tool_risk
+from agent_operator.core.mcp import offered, pool_registry, step_endpoints, tool_risk
 from agent_operator.core.plan import InvalidPlan, build_plan, granted_tools
 from agent_operator.core.reasons import Reason
 
@@ -179,16 +180,108 @@ def test_an_unchanged_tool_runs_on_its_approval() -> None:
     assert [a for a in w.step().actions if isinstance(a, StartStep)]
 
 
-def test_a_sub_agent_listing_an_mcp_tool_is_refused_for_now() -> None:
-    react = {
-        "id": "a",
+def react(*tools: str, step_id: str = "a") -> dict[str, Any]:
+    return {
+        "id": step_id,
         "tool": "react_agent",
-        "params": {"goal": "find the answer", "tools": ["noop", "inv/lookup"]},
+        "params": {"goal": "find the answer", "tools": list(tools)},
     }
-    message = refusal(
-        [react],
-        pool(tools=["react_agent", "noop", "inv/lookup"], capabilities=["llm", "mcp"]),
-        server(),
+
+
+def test_grants_are_judged_alike_for_the_operator_and_the_pod() -> None:
+    assert granted("noop", None) and granted("noop", ["noop"]) and not granted("noop", [])
+    assert granted("inv/drop", ["inv/*"]) and granted("inv/drop", ["inv/drop"])
+    assert not granted("inv/drop", None)  # never by omission
+    assert not granted("inv/drop", ["inv/lookup", "other/*", "*"])
+
+
+def test_a_sub_agent_may_call_the_granted_mcp_tools_and_is_as_risky_as_they_are() -> None:
+    granted_pool = pool(tools=["react_agent", "noop", "inv/*"])
+    [safe] = plan([react("noop", "inv/lookup")], granted_pool, server())
+    assert (safe.risk.level, safe.risk.requires_approval) == (RiskLevel.low, False)
+    [risky] = plan([react("inv/drop")], granted_pool, server())
+    assert (risky.risk.level, risky.risk.requires_approval) == (RiskLevel.high, True)
+
+    narrow = pool(tools=["react_agent", "noop", "inv/lookup"])
+    message = refusal([react("noop", "inv/drop")], narrow, server())
+    assert message == (
+        "step 'a' (steps[0]).params: the pool does not grant MCP tool 'inv/drop'; list it "
+        "(or 'inv/*') in the AgentPool's spec.tools"
     )
-    assert "step 'a' (steps[0]).params: a sub-agent cannot call MCP tools yet" in message
-    assert "'inv/lookup'" in message
+
+
+def test_a_sub_agents_mcp_tools_go_with_its_start() -> None:
+    granted_pool = pool(tools=["react_agent", "noop", "inv/lookup"])
+    w = World(make_task({"steps": [react("noop", "inv/lookup")]}), pool=granted_pool)
+    w.registry = pool_registry(REGISTRY, granted_pool, [server()])
+    [start] = [a for a in w.step().actions if isinstance(a, StartStep)]
+    assert start.calls == ("noop", "inv/lookup")
+
+
+@pytest.mark.parametrize(
+    ("spec", "safety", "why"),
+    [
+        (
+            {"overrides": [{"name": "lookup", "requiresApproval": True}]},
+            {},
+            "the tool's server requires approval for every call of 'inv/lookup', which the "
+            "step may call",
+        ),
+        (
+            {},
+            {"requireApprovalFor": ["inv/lookup"]},
+            "spec.safety.requireApprovalFor names tool 'inv/lookup', which the step may call",
+        ),
+        (
+            {},
+            {"requireApprovalFor": ["noop"]},
+            "spec.safety.requireApprovalFor names tool 'noop', which the step may call",
+        ),
+    ],
+)
+def test_approval_asked_for_a_tool_is_asked_for_a_sub_agent_that_may_call_it(
+    spec: dict[str, Any], safety: dict[str, Any], why: str
+) -> None:
+    granted_pool = pool(tools=["react_agent", "noop", "inv/*"])
+    task = make_task({"steps": [react("noop", "inv/lookup")], "safety": safety})
+    assert task.spec.steps is not None
+    registry = pool_registry(REGISTRY, granted_pool, [server(**spec)])
+    [step] = build_plan(task.spec.steps, task.spec, granted_pool, registry)
+    assert step.risk.requires_approval
+    assert any(why in mitigation for mitigation in step.risk.mitigations)
+
+
+def test_a_sub_agent_approved_before_its_mcp_tools_schema_changed_does_not_run() -> None:
+    granted_pool = pool(tools=["react_agent", "inv/*"])
+    w = World(make_task({"steps": [react("inv/drop")]}), pool=granted_pool)
+    w.registry = pool_registry(REGISTRY, granted_pool, [server()])
+    assert any(isinstance(a, RequestApproval) for a in w.step().actions)
+    w.decide_approval("a", ApprovalPhase.approved, by="alice")
+    changed = server()
+    changed.status.tools[0].input_schema["properties"]["key"]["maxLength"] = 3  # drop's
+    w.registry = pool_registry(REGISTRY, granted_pool, [changed])
+    d = w.step()
+    assert not [a for a in d.actions if isinstance(a, StartStep)]
+    assert d.status.steps[0].reason == Reason.approval_stale
+
+
+def test_a_step_reaches_each_mcp_tool_it_calls_with_its_listed_schema_and_headers() -> None:
+    token = {"bearerTokenSecretRef": {"name": "inv-token", "key": "token"}}
+    inv, other = (
+        server(**token),
+        server(
+            "other", headers=[{"name": "X-Team", "secretKeyRef": {"name": "team", "key": "id"}}]
+        ),
+    )
+    endpoints, used = step_endpoints(
+        ["react_agent", "inv/lookup", "noop", "other/drop", "inv/lookup"], [other, inv]
+    )
+    assert [(e.server, e.tool) for e in endpoints] == [("inv", "lookup"), ("other", "drop")]
+    assert (endpoints[0].description, endpoints[0].input_schema) == ("Look a key up.", SCHEMA)
+    assert [(h.name, h.path, h.prefix) for h in endpoints[0].headers] == [
+        ("Authorization", "/var/run/agent-operator/mcp/inv/0/value", "Bearer ")
+    ]
+    assert [h.path for h in endpoints[1].headers] == ["/var/run/agent-operator/mcp/other/0/value"]
+    assert [s.metadata.name for s in used] == ["inv", "other"]
+    with pytest.raises(LookupError, match="MCPServer 'gone', which does not exist"):
+        step_endpoints(["gone/tool"], [inv])

@@ -29,7 +29,7 @@ from localcluster.controlplane import eventually
 from localcluster.kubelet import LocalKubelet
 from tests.e2e.conftest import REPO, Kubectl, OperatorProcess
 from tests.mcp_server import ToolServer
-from tests.support.openai_server import ScriptedOpenAI, text
+from tests.support.openai_server import ScriptedOpenAI, text, tool_calls
 
 pytestmark = pytest.mark.e2e
 
@@ -460,6 +460,38 @@ def test_llm_planned_task_runs_to_success(
         ]
 
 
+def sub_agent_asks(
+    kubectl: Kubectl, namespace: str, inventory_pool: dict[str, Any], prune: dict[str, Any]
+) -> dict[str, Any]:
+    """The status of a task whose react_agent step (the runtime image) calls the pool's
+    lookup through a scripted model, the server's token mounted in its pod."""
+    key = "sk-e2e-agent-key"
+    with ScriptedOpenAI(api_key=key) as llm:
+        llm.reply(
+            tool_calls([("inventory__lookup", {"key": "stale-widget"})]),
+            text("stale-widget is unused since 2025-03"),
+        )
+        kubectl(
+            "create", "secret", "generic", "agent-model", f"--from-literal=api-key={key}",
+            "-n", namespace,
+        )  # fmt: skip
+        agents = copy.deepcopy(inventory_pool)
+        agents["metadata"]["name"] = "inventory-sub-agents"
+        agents["spec"]["tools"] = ["react_agent", "inventory/lookup"]
+        agents["spec"]["model"] = {
+            "baseURL": llm.base_url,
+            "model": "scripted",
+            "apiKeySecretRef": {"name": "agent-model", "key": "api-key"},
+        }
+        ask = copy.deepcopy(prune)
+        ask["metadata"]["name"] = "ask-agent"
+        ask["spec"]["poolRef"] = {"name": "inventory-sub-agents"}
+        goal = {"goal": "Is stale-widget still used?", "tools": ["inventory/lookup"]}
+        ask["spec"]["steps"] = [{"id": "ask", "tool": "react_agent", "params": goal}]
+        apply_yaml(kubectl, namespace, agents, ask)
+        return expect_phase(finished(kubectl, namespace, "ask-agent"), "Succeeded")
+
+
 def test_mcp_tools_are_discovered_and_called_from_the_runtime_image_with_the_secret_token(
     operator: OperatorProcess, kubectl: Kubectl, namespace: str
 ) -> None:
@@ -510,8 +542,12 @@ def test_mcp_tools_are_discovered_and_called_from_the_runtime_image_with_the_sec
         )  # fmt: skip
         status = expect_phase(finished(kubectl, namespace, "prune-inventory"), "Succeeded")
         refused = expect_phase(finished(kubectl, namespace, "prune-prod"), "Failed")
+        agent = sub_agent_asks(kubectl, namespace, inventory_pool, prune)
     finally:
         server.stop()
+    # A sub-agent in the runtime image called the tool by the name the model knows.
+    assert agent["outputs"]["ask"]["answer"] == "stale-widget is unused since 2025-03"
+    assert [t["tool"] for t in agent["outputs"]["ask"]["trace"]] == ["inventory/lookup"]
     assert "step 'prune'" in refused["message"] and "keep-prod" in refused["message"]
     assert "prod things stay" in refused["message"]
     # The server gone: a step of its tool fails saying so, in one line.
@@ -525,6 +561,7 @@ def test_mcp_tools_are_discovered_and_called_from_the_runtime_image_with_the_sec
     assert server.calls == [
         ("lookup", {"key": "stale-widget"}),
         ("delete_thing", {"name": "stale-widget"}),
+        ("lookup", {"key": "stale-widget"}),  # the sub-agent's
     ]
     assert "unused since 2025-03" in steps_of(status)["look"]["message"]  # structured outputs
     assert status["outputs"] == {"prune": {"text": "deleted stale-widget"}}

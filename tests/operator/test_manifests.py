@@ -215,7 +215,8 @@ def test_unset_template_fields_stay_out_of_the_pod() -> None:
 def test_only_steps_that_talk_to_the_api_server_get_a_token(
     tool: str, params: dict[str, Any], token: bool
 ) -> None:
-    start = StartStep("fetch", 1, tool, params, 60, False, None)
+    calls = tuple(params.get("tools", []))  # as the core finds them (`ToolSpec.calls`)
+    start = StartStep("fetch", 1, tool, params, 60, False, None, calls)
     assert pod_spec(step_job(make_task(), make_pool(), start))["automountServiceAccountToken"] is (
         token
     )

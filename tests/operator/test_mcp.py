@@ -156,6 +156,22 @@ def test_a_missing_secret_a_wrong_token_and_an_unreachable_server_each_say_why(
     assert ready(cluster, "nosecret")["status"] == "True"
 
 
+def gone(cluster: Emulated, plural: str, name: str) -> bool:
+    try:
+        cluster.get(plural, name)
+    except client.ApiException as error:
+        return error.status == 404
+    return False
+
+
+def invocation_of(job: dict[str, Any]) -> dict[str, Any]:
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    found: dict[str, Any] = json.loads(
+        next(e["value"] for e in container["env"] if e["name"] == "AGENT_STEP")
+    )
+    return found
+
+
 def test_a_granted_tool_runs_with_its_token_mounted_and_a_destructive_one_waits(
     cluster: Emulated, operator: kopf.Memo, server: ToolServer
 ) -> None:
@@ -184,9 +200,9 @@ def test_a_granted_tool_runs_with_its_token_mounted_and_a_destructive_one_waits(
     [container] = pod["containers"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     invocation = json.loads(env["AGENT_STEP"])
-    assert invocation["mcp"]["url"] == server.url
-    assert invocation["mcp"]["tool"] == "lookup"
-    [header] = invocation["mcp"]["headers"]
+    [endpoint] = invocation["mcpTools"]
+    assert (endpoint["url"], endpoint["tool"]) == (server.url, "lookup")
+    [header] = endpoint["headers"]
     assert header["name"] == "Authorization" and header["prefix"] == "Bearer "
     mount = next(
         m for m in container["volumeMounts"] if m["mountPath"] + "/value" == header["path"]
@@ -236,14 +252,45 @@ def test_a_task_applied_with_its_server_waits_for_the_list_instead_of_failing(
     cluster.create("agenttasks", agent_task("eager", spec))
     cluster.create("mcpservers", mcp_server("inv", server.url))
     job = wait_job(cluster, "look")
-    assert (
-        json.loads(
-            next(
-                e["value"]
-                for e in job["spec"]["template"]["spec"]["containers"][0]["env"]
-                if e["name"] == "AGENT_STEP"
-            )
-        )["mcp"]["tool"]
-        == "lookup"
-    )
+    assert [e["tool"] for e in invocation_of(job)["mcpTools"]] == ["lookup"]
     assert (cluster.get("agenttasks", "eager").get("status") or {}).get("phase") != "Failed"
+
+
+def test_a_sub_agents_job_reaches_the_mcp_tools_it_may_call_and_fails_once_their_server_is_gone(
+    cluster: Emulated, operator: kopf.Memo, server: ToolServer
+) -> None:
+    server_listed(cluster, server)
+    cluster.create("agentpools", pool("agents", tools=["react_agent", "noop", "inv/*"]))
+    agent = {"goal": "find the answer", "tools": ["noop", "inv/lookup"]}
+    spec = {
+        "poolRef": {"name": "agents"},
+        "steps": [
+            {"id": "first", "tool": "react_agent", "params": agent},
+            {"id": "again", "tool": "react_agent", "params": agent},
+        ],
+    }
+    cluster.create("agenttasks", agent_task("delegate", spec))
+    job = wait_job(cluster, "first")  # safe and low risk: no approval asked
+    [endpoint] = invocation_of(job)["mcpTools"]
+    assert (endpoint["tool"], endpoint["description"]) == (
+        "lookup",
+        "Look a key up in the inventory.",
+    )
+    assert endpoint["inputSchema"] == server.schema("lookup")
+    pod = job["spec"]["template"]["spec"]
+    [header] = endpoint["headers"]
+    [mount] = [m for m in pod["containers"][0]["volumeMounts"] if m["name"].startswith("mcp-")]
+    assert mount["mountPath"] + "/value" == header["path"]
+    assert TOKEN not in json.dumps(job)
+
+    cluster.delete("mcpservers", "inv")
+    # Gone from the API only after the operator saw it being deleted: its finalizer is the
+    # operator's, removed once the server is out of the operator's index.
+    eventually(lambda: gone(cluster, "mcpservers", "inv"), what="MCPServer inv gone")
+    cluster.finish_job(job, succeeded({"answer": "42", "iterations": 1, "trace": []}))
+    status = wait_phase(cluster, "delegate", "Failed")
+    assert status["reason"] == "MCPServerNotFound"
+    assert status["message"] == (
+        f"tool 'inv/lookup' is of MCPServer 'inv', which does not exist in namespace {NS!r}"
+    )
+    assert step_jobs(cluster, "again") == []

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import re
 import signal
 import sys
 import threading
@@ -35,6 +36,7 @@ import pytest
 # Servers tell the client how long to wait before retrying; a short wait keeps tests fast
 # where the client would otherwise back off for half a second or more.
 _RETRY_AFTER_MS = "10"
+FUNCTION_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")  # what the OpenAI API accepts
 
 
 @dataclass(frozen=True)
@@ -174,6 +176,9 @@ class ScriptedOpenAI:
                 ),
                 {},
             )
+        refused = _function_name_refusal(body)
+        if refused is not None:
+            return 400, refused, {}
         with self._lock:
             answer = self._answers.popleft() if self._answers else None
         if answer is None:
@@ -215,6 +220,20 @@ class ScriptedOpenAI:
             return None
         given = (authorization or "").removeprefix("Bearer ")
         return _error_body(f"Incorrect API key provided: {given}", kind="invalid_request_error")
+
+
+def _function_name_refusal(body: dict[str, Any]) -> dict[str, Any] | None:
+    """OpenAI's 400 for a function name it does not allow (a `/`, say), or None."""
+    for index, tool in enumerate(body.get("tools") or []):
+        name = (tool.get("function") or {}).get("name", "")
+        if not FUNCTION_NAME.fullmatch(name):
+            return _error_body(
+                f"Invalid 'tools[{index}].function.name': string does not match pattern. "
+                "Expected a string that matches the pattern '^[a-zA-Z0-9_-]{1,64}$'.",
+                kind="invalid_request_error",
+                param=f"tools[{index}].function.name",
+            )
+    return None
 
 
 def _handler_for(server: ScriptedOpenAI) -> type[BaseHTTPRequestHandler]:
