@@ -299,7 +299,12 @@ def test_user_roles_keep_approve_for_approvers(rendered: dict[str, Rendered]) ->
             "apiGroups": ["agentoperator.io"],
             "resources": ["approvalrequests"],
             "verbs": ["get", "list", "watch", "patch", "approve"],
-        }
+        },
+        {
+            "apiGroups": ["agentoperator.io"],
+            "resources": ["agenttasks"],
+            "verbs": ["get", "list", "watch"],
+        },
     ]
     for name in ("edit", "view"):
         role = out.one("ClusterRole", f"{RELEASE}-{name}")

@@ -90,6 +90,26 @@ class Kubectl:
             raise KubectlError(list(args), result)
         return result
 
+    def agent(
+        self, *args: str, check: bool = True, input: str | None = None, stdin: Any = None
+    ) -> subprocess.CompletedProcess[str]:
+        """`kubectl agent <args>`: the plugin, found by kubectl on PATH as `kubectl-agent`
+        (this venv's). kubectl takes no flag before a plugin's name: the kubeconfig last.
+        `stdin`: a file to read from (a terminal) instead of `input`."""
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+        result = subprocess.run(
+            [self.binary, "agent", *args, f"--kubeconfig={self.kubeconfig}"],
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=False,
+            env=env,
+            **({"stdin": stdin} if stdin is not None else {"input": input}),
+        )
+        if check and result.returncode != 0:
+            raise KubectlError(["agent", *args], result)
+        return result
+
     def json(self, *args: str) -> Any:
         """`kubectl <args> -o json`, decoded."""
         return json.loads(self(*args, "-o", "json").stdout)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import shutil
 import uuid
@@ -527,6 +528,84 @@ def test_approvals_are_unforgeable(release: Release, kubectl: Kubectl) -> None:
         )  # fmt: skip
         assert f"is written by the operator ({release.operator_user}) only" in message
     assert kubectl.json("get", "approvalrequest", name, "-n", tasks)["status"]["decidedBy"] == "bob"
+
+
+def test_kubectl_agent_shows_a_task_and_decides_with_the_users_credentials(
+    release: Release, kubectl: Kubectl
+) -> None:
+    tasks = release.tasks
+    kubectl(
+        "create", "rolebinding", "plugin-editors", f"--clusterrole={FULLNAME}-edit",
+        "--user=erin", "-n", tasks,
+    )  # fmt: skip
+    kubectl(
+        "create", "rolebinding", "plugin-approvers", f"--clusterrole={FULLNAME}-approver",
+        "--user=erin", "--user=frank", "-n", tasks,
+    )  # fmt: skip
+    path = write(release, "plugged", task_manifest("plugged", approval=True))
+    kubectl("--as=erin", "apply", "-f", str(path), "-n", tasks)
+    wait_phase(kubectl, release, "plugged", "WaitingApproval")
+
+    listed = kubectl.agent("get", "-n", tasks, "--as=erin").stdout.splitlines()
+    assert listed[0].split() == ["NAME", "PHASE", "PROGRESS", "STEP", "AGE"]
+    [row] = [line.split() for line in listed if line.startswith("plugged ")]
+    assert row[:5] == ["plugged", "WaitingApproval", "0/1", "publish", "(WaitingApproval)"]
+    as_data = json.loads(kubectl.agent("get", "-n", tasks, "-o", "json", "--as=erin").stdout)
+    assert "plugged" in [t["metadata"]["name"] for t in as_data["items"]]
+    # An approver reads the task (the chart's approver role lets them) as a tree of steps.
+    tree = kubectl.agent("get", "plugged", "-n", tasks, "--as=frank").stdout.splitlines()
+    assert tree[0].startswith("AgentTask plugged: WaitingApproval")
+    header = tree.index(next(line for line in tree if line.startswith("STEP ")))
+    assert tree[header].split() == [
+        "STEP", "PHASE", "ATTEMPT", "DURATION", "RISK", "APPROVAL", "MESSAGE"
+    ]  # fmt: skip
+    assert tree[header + 1].split()[:6] == [
+        "publish",
+        "WaitingApproval",
+        "-",
+        "-",
+        "safe",
+        "Pending",
+    ]
+
+    # Its creator may not approve it: the admission policy's words, as one line.
+    mine = kubectl.agent("approve", "plugged", "--yes", "-n", tasks, "--as=erin", check=False)
+    assert mine.returncode == 1
+    assert mine.stderr.count("\n") == 1
+    assert "erin created AgentTask plugged and may not approve" in mine.stderr
+    # No terminal to ask on, and no --yes: nothing is decided.
+    asked = kubectl.agent("approve", "plugged", "-n", tasks, "--as=frank", check=False, input="")
+    assert asked.returncode == 1 and "pass --yes" in asked.stderr
+    assert "  tool:        noop" in asked.stdout
+    assert "spec.safety.requireApprovalFor names tool 'noop'" in asked.stdout
+
+    # On a terminal it asks; anything but yes changes nothing.
+    primary, secondary = os.openpty()
+    os.write(primary, b"n\n")
+    with os.fdopen(secondary) as terminal:
+        declined = kubectl.agent(
+            "reject", "plugged", "-n", tasks, "--as=frank", check=False, stdin=terminal
+        )
+    os.close(primary)
+    assert declined.returncode == 1
+    assert declined.stdout.endswith("Reject step publish? [y/N] Nothing changed.\n")
+    assert phase(kubectl, release, "plugged") == "WaitingApproval"
+
+    done = kubectl.agent(
+        "approve", "plugged", "--reason", "checked it", "--yes", "-n", tasks, "--as=frank"
+    )
+    assert done.stdout.splitlines()[-1] == "Approved step publish as frank."
+    wait_phase(kubectl, release, "plugged", "Succeeded")
+    (request,) = kubectl.json(
+        "get", "approvalrequests", "-n", tasks, "-l", f"{GROUP}/task=plugged"
+    )["items"]
+    assert (request["spec"]["decidedBy"], request["spec"]["reason"]) == ("frank", "checked it")
+    again = kubectl.agent("approve", "plugged", "--yes", "-n", tasks, "--as=frank", check=False)
+    assert again.stderr == "error: no step of AgentTask plugged waits for a decision\n"
+
+    logs = kubectl.agent("logs", "plugged", "-n", tasks).stdout
+    assert logs.startswith("==> step publish, attempt 1 (pod plugged-publish-1-")
+    assert '"ok":true' in logs
 
 
 def test_a_wrong_type_is_named_by_the_schema_not_the_mutating_policy(
