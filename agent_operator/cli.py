@@ -16,7 +16,14 @@ from pydantic import BaseModel, ValidationError
 
 from agent_contract import ToolRegistry
 from agent_contract.mcp_client import MCPUnavailable
-from agent_operator.api import AgentPool, AgentTask, MCPServer, MCPServerStatus, TaskPhase
+from agent_operator.api import (
+    AgentPool,
+    AgentTask,
+    AgentTaskStatus,
+    MCPServer,
+    MCPServerStatus,
+    TaskPhase,
+)
 from agent_operator.core.decide import Observed, decide
 from agent_operator.core.mcp import granted_servers, pool_registry, secret_headers
 from agent_operator.embedded import (
@@ -167,6 +174,25 @@ def discover(servers: list[MCPServer], pool: AgentPool) -> list[MCPServer]:
     return listed
 
 
+def check_plan(task: AgentTask, pool: AgentPool, registry: ToolRegistry) -> AgentTaskStatus:
+    """The status the core gives the task before anything runs: its plan with each step's
+    risk assessment (None for a goal, which the LLM plans when it runs). A plan the core
+    refuses is bad input."""
+    checked = decide(
+        Observed(
+            task=task.model_copy(
+                update={"metadata": task.metadata.model_copy(update={"uid": "dry-run"})}
+            ),
+            now=datetime.now(UTC),
+            pool=pool.spec,
+            registry=registry,
+        )
+    )
+    if checked.status.phase == TaskPhase.failed:
+        raise BadInput(f"the plan is not valid: {checked.status.message}")
+    return checked.status
+
+
 def _print_plan(task: AgentTask, out: TextIO) -> None:
     print(f"plan for {task.metadata.name}:", file=out)
     for step in task.status.plan or []:
@@ -202,25 +228,14 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     servers = discover(documents.servers, pool)
     registry = pool_registry(ToolRegistry.default(), pool.spec, servers)
     # Every run is checked first as a dry run is: a spec the core refuses is bad input.
-    checked = decide(
-        Observed(
-            task=task.model_copy(
-                update={"metadata": task.metadata.model_copy(update={"uid": "dry-run"})}
-            ),
-            now=datetime.now(UTC),
-            pool=pool.spec,
-            registry=registry,
-        )
-    )
-    if checked.status.phase == TaskPhase.failed:
-        raise BadInput(f"the plan is not valid: {checked.status.message}")
+    checked = check_plan(task, pool, registry)
     if args.dry_run:
-        if checked.status.plan is None:
+        if checked.plan is None:
             print(
                 "dry run: this task has a goal; its plan comes from the LLM when it runs", file=out
             )
             return EXIT_OK
-        _print_plan(task.model_copy(update={"status": checked.status}), out)
+        _print_plan(task.model_copy(update={"status": checked}), out)
         return EXIT_OK
     store = Store.open(args.dsn)
     try:

@@ -9,26 +9,55 @@ only reads what `kubectl get` would and patches a decision as `kubectl patch` wo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TextIO, cast
 
 import yaml
-from kubernetes import client, config
+from kubernetes import client, config, watch
 from pydantic import ValidationError
 
-from agent_operator.api import GROUP, VERSION, AgentTaskStatus, ApprovalPhase, StepPhase
+from agent_contract import RiskLevel, ToolRegistry
+from agent_operator.api import (
+    GROUP,
+    VERSION,
+    AgentPool,
+    AgentTaskStatus,
+    ApprovalPhase,
+    MCPServer,
+    StepPhase,
+    TaskPhase,
+)
+from agent_operator.cli import BadInput, check_plan, load_documents
+from agent_operator.core.mcp import pool_registry
+from agent_operator.core.safety import APPROVAL_MITIGATION
 from agent_operator.kube.manifests import LABEL_ATTEMPT, LABEL_STEP, LABEL_TASK_UID
 
-__all__ = ["main", "step_rows", "task_row"]
+__all__ = ["describe_request", "main", "paint", "plan_rows", "step_rows", "table", "task_row"]
 
 Obj = dict[str, Any]
 DONE = (StepPhase.succeeded, StepPhase.skipped)
 DECISIONS = {"approve": "Approved", "reject": "Rejected"}
 MAX_CELL = 60  # characters of a message in a table
+FOLLOW_SECONDS = 1.0  # how often `logs -f` looks for new pods
+COLOURS = {  # ANSI SGR codes
+    StepPhase.succeeded: "32",
+    StepPhase.failed: "31",
+    StepPhase.waiting_approval: "33",
+    StepPhase.running: "36",
+    StepPhase.retrying: "35",
+    TaskPhase.cancelled: "2",
+    RiskLevel.high: "31",
+    RiskLevel.critical: "1;31",
+    "needs approval": "33",
+}
 
 
 class Refused(Exception):
@@ -135,14 +164,35 @@ def step_rows(task: Obj, approvals: Sequence[Obj], now: datetime) -> list[list[s
     return rows
 
 
-def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Columns padded as kubectl pads them: three spaces apart, the last one unpadded."""
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = [
-        "   ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True))
-        for row in [header, *rows]
-    ]
-    return "\n".join(line.rstrip() for line in lines)
+def paint(cell: str) -> str:
+    """A phase or risk in its colour (ANSI), anything else as it is."""
+    colour = COLOURS.get(cell.strip())
+    return f"\033[{colour}m{cell}\033[0m" if colour else cell
+
+
+def _line(row: Sequence[str], widths: Sequence[int], colour: Callable[[str], str] | None) -> str:
+    cells = [str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)]
+    return "   ".join(colour(c) if colour else c for c in cells).rstrip()
+
+
+def _widths(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[int]:
+    return [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+
+
+def table(
+    header: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    colour: Callable[[str], str] | None = None,
+) -> str:
+    """Columns padded as kubectl pads them, three spaces apart; `colour` paints the cells
+    of the rows."""
+    widths = _widths(header, rows)
+    return "\n".join([_line(header, widths, None), *(_line(r, widths, colour) for r in rows)])
+
+
+def _painter(out: TextIO) -> Callable[[str], str] | None:
+    """Colours on a terminal only, and never with NO_COLOR set (no-color.org)."""
+    return paint if out.isatty() and not os.environ.get("NO_COLOR") else None
 
 
 def describe_request(request: Obj, rationale: str | None, now: datetime) -> str:
@@ -207,22 +257,43 @@ class Session:
     def _custom(self) -> client.CustomObjectsApi:
         return client.CustomObjectsApi(self.api)
 
-    def tasks(self, all_namespaces: bool) -> list[Obj]:
+    def _task_list(self, all_namespaces: bool) -> tuple[Callable[..., Any], tuple[str, ...]]:
         custom = self._custom()
         if all_namespaces:
-            found = self._call(
-                "list AgentTasks",
-                lambda: custom.list_cluster_custom_object(GROUP, VERSION, "agenttasks"),
-            )
-        else:
-            found = self._call(
-                f"list AgentTasks in {self.namespace}",
-                lambda: custom.list_namespaced_custom_object(
-                    GROUP, VERSION, self.namespace, "agenttasks"
-                ),
-            )
+            return custom.list_cluster_custom_object, (GROUP, VERSION, "agenttasks")
+        return custom.list_namespaced_custom_object, (GROUP, VERSION, self.namespace, "agenttasks")
+
+    def tasks(self, all_namespaces: bool, name: str | None = None) -> tuple[list[Obj], str]:
+        """The tasks (of one namespace or all; `name`: that one only), sorted, and the
+        list's resourceVersion to watch from."""
+        where = "any namespace" if all_namespaces else self.namespace
+        call, scope = self._task_list(all_namespaces)
+        selector = {"field_selector": f"metadata.name={name}"} if name else {}
+        found = self._call(f"list AgentTasks in {where}", lambda: call(*scope, **selector))
         items: list[Obj] = found["items"]
-        return sorted(items, key=lambda t: (t["metadata"]["namespace"], t["metadata"]["name"]))
+        items.sort(key=lambda t: (t["metadata"]["namespace"], t["metadata"]["name"]))
+        return items, str(found["metadata"].get("resourceVersion", ""))
+
+    def task_events(
+        self, all_namespaces: bool, name: str | None, since: str
+    ) -> Iterator[tuple[str, Obj]]:
+        """Every change to the tasks after `since`, for as long as the caller reads:
+        a watch the server ends is resumed, one too old to resume starts from a new list."""
+        call, scope = self._task_list(all_namespaces)
+        selector = {"field_selector": f"metadata.name={name}"} if name else {}
+        version = since
+        while True:
+            try:
+                for event in watch.Watch().stream(
+                    call, *scope, resource_version=version, **selector
+                ):
+                    obj = event["object"]
+                    version = obj.get("metadata", {}).get("resourceVersion", version)
+                    yield event["type"], obj
+            except client.ApiException as error:
+                if error.status != 410:
+                    raise Refused(f"watch AgentTasks: {_api_message(error)}") from None
+                _items, version = self.tasks(all_namespaces, name)
 
     def task(self, name: str) -> Obj | None:
         custom = self._custom()
@@ -273,6 +344,35 @@ class Session:
         )
         return patched
 
+    def pool(self, name: str) -> AgentPool:
+        custom = self._custom()
+        found = self._call(
+            f"get AgentPool {name}",
+            lambda: custom.get_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, "agentpools", name
+            ),
+        )
+        try:
+            return AgentPool.model_validate(found)
+        except ValidationError as error:
+            raise Refused(f"AgentPool {name} does not parse: {error}") from None
+
+    def mcp_servers(self) -> list[MCPServer]:
+        """The MCPServers of the namespace with the tools the operator listed (one that
+        does not parse offers no tool, as for the operator)."""
+        custom = self._custom()
+        found = self._call(
+            f"list MCPServers in {self.namespace}",
+            lambda: custom.list_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, "mcpservers"
+            ),
+        )
+        servers = []
+        for item in found["items"]:
+            with contextlib.suppress(ValidationError):
+                servers.append(MCPServer.model_validate(item))
+        return servers
+
     def step_pods(self, task: Obj, step: str | None) -> list[Obj]:
         core = client.CoreV1Api(self.api)
         selector = f"{LABEL_TASK_UID}={task['metadata']['uid']}"
@@ -283,6 +383,21 @@ class Session:
             lambda: core.list_namespaced_pod(self.namespace, label_selector=selector),
         )
         return [self.api.sanitize_for_serialization(p) for p in found.items]
+
+    def follow_log(self, pod: str) -> Iterator[str]:
+        """The pod's log as it is written, until its container ends."""
+        core = client.CoreV1Api(self.api)
+        response = self._call(
+            f"follow the log of pod {pod}",
+            lambda: core.read_namespaced_pod_log(
+                pod, self.namespace, follow=True, _preload_content=False
+            ),
+        )
+        try:
+            for chunk in response.stream(decode_content=True):
+                yield chunk.decode(errors="replace")
+        finally:
+            response.release_conn()
 
     def log(self, pod: str) -> str:
         core = client.CoreV1Api(self.api)
@@ -314,39 +429,65 @@ def _output(data: Any, fmt: str, out: TextIO) -> None:
         print(yaml.safe_dump(data, sort_keys=False).rstrip(), file=out)
 
 
-def _get(session: Session, args: argparse.Namespace, out: TextIO) -> int:
+TASK_HEADER = ["NAME", "PHASE", "PROGRESS", "STEP", "AGE"]
+STEP_HEADER = ["STEP", "PHASE", "ATTEMPT", "DURATION", "RISK", "APPROVAL", "MESSAGE"]
+
+
+def _task_rows(tasks: Sequence[Obj], all_namespaces: bool) -> tuple[list[str], list[list[str]]]:
     now = datetime.now(UTC)
-    if args.task is None:
-        tasks = session.tasks(args.all_namespaces)
-        if args.output:
-            _output({"apiVersion": "v1", "kind": "List", "items": tasks}, args.output, out)
-            return 0
-        if not tasks:
-            where = "any namespace" if args.all_namespaces else f"namespace {session.namespace}"
-            print(f"No AgentTasks found in {where}.", file=out)
-            return 0
-        header = ["NAME", "PHASE", "PROGRESS", "STEP", "AGE"]
-        rows = [task_row(t, now) for t in tasks]
-        if args.all_namespaces:
-            header = ["NAMESPACE", *header]
-            rows = [[t["metadata"]["namespace"], *row] for t, row in zip(tasks, rows, strict=True)]
-        print(table(header, rows), file=out)
-        return 0
-    task = session.task(args.task)
-    if task is None:
-        raise Refused(f"AgentTask {args.task} not found in namespace {session.namespace}")
-    if args.output:
-        _output(task, args.output, out)
-        return 0
+    rows = [task_row(t, now) for t in tasks]
+    if not all_namespaces:
+        return TASK_HEADER, rows
+    rows = [[t["metadata"]["namespace"], *row] for t, row in zip(tasks, rows, strict=True)]
+    return ["NAMESPACE", *TASK_HEADER], rows
+
+
+def _show_task(session: Session, task: Obj, out: TextIO) -> None:
     status = _status(task)
     said = f" ({status.reason})" if status.reason else ""
-    print(f"AgentTask {args.task}: {status.phase}{said}", file=out)
+    print(f"AgentTask {task['metadata']['name']}: {status.phase}{said}", file=out)
     if status.message:
         print(f"  {status.message}", file=out)
-    rows = step_rows(task, session.approvals(task), now)
+    rows = step_rows(task, session.approvals(task), datetime.now(UTC))
     if rows:
-        header = ["STEP", "PHASE", "ATTEMPT", "DURATION", "RISK", "APPROVAL", "MESSAGE"]
-        print(table(header, rows), file=out)
+        print(table(STEP_HEADER, rows, _painter(out)), file=out)
+    out.flush()
+
+
+def _get(session: Session, args: argparse.Namespace, out: TextIO) -> int:
+    """Tasks as a table, or one task as the tree of its steps; `-w`: again on each change
+    (one task: until it ends, as `argo watch` does)."""
+    tasks, version = session.tasks(args.all_namespaces, args.task)
+    if args.task is not None and not tasks:
+        raise Refused(f"AgentTask {args.task} not found in namespace {session.namespace}")
+    if args.output:
+        data = tasks[0] if args.task else {"apiVersion": "v1", "kind": "List", "items": tasks}
+        _output(data, args.output, out)
+        return 0
+    if args.task is not None:
+        _show_task(session, tasks[0], out)
+        if not args.watch or _status(tasks[0]).phase.terminal:
+            return 0
+        for kind, task in session.task_events(False, args.task, version):
+            if kind == "DELETED":
+                print(f"AgentTask {args.task} was deleted.", file=out)
+                return 0
+            print(file=out)
+            _show_task(session, task, out)
+            if _status(task).phase.terminal:
+                return 0
+    if not tasks and not args.watch:
+        where = "any namespace" if args.all_namespaces else f"namespace {session.namespace}"
+        print(f"No AgentTasks found in {where}.", file=out)
+        return 0
+    header, rows = _task_rows(tasks, args.all_namespaces)
+    colour = _painter(out)
+    print(table(header, rows, colour), file=out, flush=True)
+    if args.watch:  # a row for each change, as `kubectl get -w` prints them
+        widths = _widths(header, rows)
+        for _kind, task in session.task_events(args.all_namespaces, None, version):
+            [row] = _task_rows([task], args.all_namespaces)[1]
+            print(_line(row, widths, colour), file=out, flush=True)
     return 0
 
 
@@ -398,6 +539,8 @@ def _decide(session: Session, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _logs(session: Session, args: argparse.Namespace, out: TextIO) -> int:
+    """The step pods' logs in plan order, attempt by attempt; `-f`: each running pod's as
+    it is written, and the pods to come, until the task ends."""
     task = session.task(args.task)
     if task is None:
         raise Refused(f"AgentTask {args.task} not found in namespace {session.namespace}")
@@ -409,20 +552,96 @@ def _logs(session: Session, args: argparse.Namespace, out: TextIO) -> int:
         step = labels.get(LABEL_STEP, "")
         return order.get(step, len(order)), int(attempt) if attempt.isdigit() else 0, step
 
-    pods = sorted(session.step_pods(task, args.step), key=key)
-    if not pods:
+    shown: set[str] = set()
+    while True:
+        ended = _status(task).phase.terminal
+        for pod in sorted(session.step_pods(task, args.step), key=key):
+            name, labels = pod["metadata"]["name"], pod["metadata"].get("labels", {})
+            phase = (pod.get("status") or {}).get("phase")
+            if name in shown or (args.follow and phase == "Pending"):
+                continue  # a pending pod has no log yet: looked at again next round
+            print(
+                f"==> step {labels.get(LABEL_STEP, '?')}, attempt "
+                f"{labels.get(LABEL_ATTEMPT, '?')} (pod {name}) <==",
+                file=out,
+                flush=True,
+            )
+            if args.follow and phase == "Running":
+                for chunk in session.follow_log(name):
+                    out.write(chunk)
+                    out.flush()
+            else:
+                print(session.log(name).rstrip("\n"), file=out, flush=True)
+            shown.add(name)
+        if not args.follow or ended:
+            break
+        time.sleep(FOLLOW_SECONDS)
+        found = session.task(args.task)
+        if found is None:
+            break
+        task = found
+    if not shown:
         which = f"step {args.step} of " if args.step else ""
         print(f"No pods of {which}AgentTask {args.task} (yet, or any more).", file=out)
-        return 0
-    for pod in pods:
-        labels = pod["metadata"].get("labels", {})
-        name = pod["metadata"]["name"]
+    return 0
+
+
+def plan_rows(status: AgentTaskStatus) -> list[list[str]]:
+    """STEP, TOOL, AFTER, RISK, GATE, WHY: what the operator would plan and ask for."""
+    rows = []
+    for step in status.plan or []:
+        risk = step.risk
+        asked = [
+            m.removeprefix(APPROVAL_MITIGATION)
+            for m in risk.mitigations
+            if m.startswith(APPROVAL_MITIGATION)
+        ]
+        rows.append(
+            [
+                step.id,
+                step.tool,
+                ", ".join(step.depends_on) or "-",
+                risk.level,
+                "needs approval" if risk.requires_approval else "runs unattended",
+                _cell("; ".join(asked or risk.risks) or "-"),
+            ]
+        )
+    return rows
+
+
+def _plan(session: Session, args: argparse.Namespace, out: TextIO) -> int:
+    try:
+        documents = load_documents(Path(args.file))
+    except BadInput as error:
+        raise Refused(str(error)) from None
+    task = documents.task
+    if "namespace" in task.metadata.model_fields_set and not args.namespace:
+        session.namespace = task.metadata.namespace
+    pool_name = task.spec.pool_ref.name
+    pool = documents.pool or session.pool(pool_name)
+    servers = documents.servers or session.mcp_servers()
+    registry = pool_registry(ToolRegistry.default(), pool.spec, servers)
+    try:
+        status = check_plan(task, pool, registry)
+    except BadInput as error:
+        raise Refused(str(error)) from None
+    if status.plan is None:
         print(
-            f"==> step {labels.get(LABEL_STEP, '?')}, attempt {labels.get(LABEL_ATTEMPT, '?')} "
-            f"(pod {name}) <==",
+            f"AgentTask {task.metadata.name} has a goal: the operator's LLM planner makes its "
+            "plan when it runs (with the pool's model and key), so there is none to show here",
             file=out,
         )
-        print(session.log(name).rstrip("\n"), file=out)
+        return 0
+    if args.output:
+        _output([step.wire() for step in status.plan], args.output, out)
+        return 0
+    print(
+        f"AgentTask {task.metadata.name} on pool {pool_name} (namespace {session.namespace}): "
+        f"{len(status.plan)} step{'' if len(status.plan) == 1 else 's'}, nothing run",
+        file=out,
+    )
+    header = ["STEP", "TOOL", "AFTER", "RISK", "GATE", "WHY"]
+    print(table(header, plan_rows(status), _painter(out)), file=out)
     return 0
 
 
@@ -439,6 +658,7 @@ def parser() -> argparse.ArgumentParser:
     get.add_argument("task", nargs="?", help="one task: its steps as a tree")
     get.add_argument("-A", "--all-namespaces", action="store_true")
     get.add_argument("-o", "--output", choices=["json", "yaml"])
+    get.add_argument("-w", "--watch", action="store_true", help="print again on every change")
     for verb in DECISIONS:
         decide = commands.add_parser(
             verb, parents=[common], help=f"{verb} a step waiting for approval"
@@ -450,12 +670,21 @@ def parser() -> argparse.ArgumentParser:
     logs = commands.add_parser("logs", parents=[common], help="the step pods' logs")
     logs.add_argument("task")
     logs.add_argument("step", nargs="?")
+    logs.add_argument(
+        "-f", "--follow", action="store_true", help="follow new output until the task ends"
+    )
+    plan = commands.add_parser(
+        "plan", parents=[common], help="the plan and risks the operator would make; runs nothing"
+    )
+    plan.add_argument("-f", "--file", required=True, help="the AgentTask's YAML")
+    plan.add_argument("-o", "--output", choices=["json", "yaml"])
     return top
 
 
 def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     args = parser().parse_args(argv)
-    run = {"get": _get, "approve": _decide, "reject": _decide, "logs": _logs}[args.command]
+    commands = {"get": _get, "approve": _decide, "reject": _decide, "logs": _logs, "plan": _plan}
+    run = commands[args.command]
     try:
         session = Session.connect(args)
         return run(session, args, out)

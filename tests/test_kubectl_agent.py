@@ -6,7 +6,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from agent_operator.kubectl_agent import describe_request, step_rows, table, task_row
+from agent_operator.api import AgentTaskStatus
+from agent_operator.kubectl_agent import (
+    describe_request,
+    paint,
+    plan_rows,
+    step_rows,
+    table,
+    task_row,
+)
 
 NOW = datetime(2026, 12, 4, 12, 0, 0, tzinfo=UTC)
 
@@ -109,3 +117,30 @@ def test_an_approver_reads_the_tool_params_risks_mitigations_and_rationale() -> 
         "  rationale:   Frees the disk.",
         "  expires:     2026-12-04T13:00:00Z (in 1h)",
     ]
+
+
+def test_the_plan_view_says_what_asks_for_a_person_and_why() -> None:
+    gated = planned("b", "a", level="high", approval=True)
+    gated["risk"] |= {
+        "risks": ["runs commands"],
+        "mitigations": [
+            "stopped after 60s",
+            "a person approves it first: high risk needs approval under the moderate policy",
+        ],
+    }
+    free = planned("a") | {"risk": {"level": "low", "requiresApproval": False,
+                                    "risks": ["sends data to an LLM"]}}  # fmt: skip
+    status = AgentTaskStatus.model_validate({"plan": [free, gated]})
+    assert plan_rows(status) == [
+        ["a", "noop", "-", "low", "runs unattended", "sends data to an LLM"],
+        ["b", "noop", "a", "high", "needs approval",
+         "high risk needs approval under the moderate policy"],
+    ]  # fmt: skip
+
+
+def test_colours_mark_phases_and_risks_only() -> None:
+    assert paint("Failed   ") == "\033[31mFailed   \033[0m"
+    assert paint("needs approval") == "\033[33mneeds approval\033[0m"
+    assert paint("report") == "report"
+    coloured = table(["NAME", "PHASE"], [["x", "Succeeded"]], paint)
+    assert coloured.splitlines() == ["NAME   PHASE", "x      \033[32mSucceeded\033[0m"]

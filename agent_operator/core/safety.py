@@ -42,6 +42,10 @@ CAPABILITY_RISKS = {
 }
 
 
+# How an assessment says why a person must approve (the reasons follow it).
+APPROVAL_MITIGATION = "a person approves it first: "
+
+
 def _protected_hits(params: dict[str, Any], safety: Safety) -> list[str]:
     hits = []
     namespace = params.get("namespace")
@@ -226,7 +230,7 @@ def assess(
         if m.effect == RuleEffect.require_approval
     ]
     if reasons:
-        mitigations.append("a person approves it first: " + "; ".join(reasons))
+        mitigations.append(APPROVAL_MITIGATION + "; ".join(reasons))
     if level == RiskLevel.critical and safety.critical_window:
         window = safety.critical_window
         mitigations.append(

@@ -13,8 +13,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import re
 import shutil
+import subprocess
+import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -606,6 +610,93 @@ def test_kubectl_agent_shows_a_task_and_decides_with_the_users_credentials(
     logs = kubectl.agent("logs", "plugged", "-n", tasks).stdout
     assert logs.startswith("==> step publish, attempt 1 (pod plugged-publish-1-")
     assert '"ok":true' in logs
+
+
+def test_kubectl_agent_watches_follows_logs_and_plans_without_running(
+    release: Release, kubectl: Kubectl
+) -> None:
+    tasks = release.tasks
+    pool = kubectl.json("get", "agentpool", "default", "-n", tasks)
+    slow = {
+        "apiVersion": pool["apiVersion"],
+        "kind": "AgentPool",
+        "metadata": {"name": "sleepers", "namespace": tasks},
+        "spec": {**pool["spec"], "tools": ["sleep", "noop"]},
+    }
+    kubectl.apply(slow)
+    napping = task_manifest("napping")
+    napping["spec"] = {
+        "poolRef": {"name": "sleepers"},
+        "steps": [{"id": "nap", "tool": "sleep", "params": {"seconds": 3}}],
+    }
+    # The plan, against the cluster's pool, with nothing created.
+    planned = kubectl.agent("plan", "-f", str(write(release, "napping", napping)), "-n", tasks)
+    lines = planned.stdout.splitlines()
+    assert (
+        lines[0] == f"AgentTask napping on pool sleepers (namespace {tasks}): 1 step, nothing run"
+    )
+    assert lines[1].split() == ["STEP", "TOOL", "AFTER", "RISK", "GATE", "WHY"]
+    assert lines[2].split()[:6] == ["nap", "sleep", "-", "safe", "runs", "unattended"]
+    assert phase(kubectl, release, "napping") == ""  # not created
+    sneaky = {**napping, "spec": {**napping["spec"], "steps": [{"id": "x", "tool": "shell"}]}}
+    refused_plan = kubectl.agent(
+        "plan", "-f", str(write(release, "sneaky", sneaky)), "-n", tasks, check=False
+    )
+    assert refused_plan.returncode == 1
+    assert refused_plan.stderr.startswith("error: the plan is not valid: step 'x' (steps[0])")
+
+    # `get -w`: a row for each change; `logs -f`: the pods' logs until the task ends.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    watcher = subprocess.Popen(
+        [kubectl.binary, "agent", "get", "-w", "-n", tasks, f"--kubeconfig={kubectl.kubeconfig}"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    rows: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [rows.put(line) for line in watcher.stdout or []]).start()
+    try:
+        assert rows.get(timeout=30).split() == ["NAME", "PHASE", "PROGRESS", "STEP", "AGE"]
+        kubectl.apply(napping, namespace=tasks)  # after the list: seen by the watch
+        followed = kubectl.agent("logs", "napping", "-f", "-n", tasks)  # ends with the task
+        seen: list[str] = []
+        while not any(r.split()[:2] == ["napping", "Succeeded"] for r in seen):
+            seen.append(rows.get(timeout=60))
+    finally:
+        watcher.terminate()
+        watcher.wait(10)
+    phases = [r.split()[1] for r in seen if r.startswith("napping ")]
+    assert "Running" in phases and phases[-1] == "Succeeded", seen
+    assert followed.stdout.startswith("==> step nap, attempt 1 (pod napping-nap-1-")
+    assert '"event": "step started"' in followed.stdout
+    assert '"slept":3' in followed.stdout.replace(" ", "")
+
+    # `get TASK -w` of a task waiting for a person: a view per change, until it ends.
+    kubectl(
+        "create", "rolebinding", "watching-approvers", f"--clusterrole={FULLNAME}-approver",
+        "--user=grace", "-n", tasks,
+    )  # fmt: skip
+    kubectl.apply(task_manifest("gated", approval=True), namespace=tasks)
+    wait_phase(kubectl, release, "gated", "WaitingApproval")
+    follower = subprocess.Popen(
+        [kubectl.binary, "agent", "get", "gated", "-w", "-n", tasks,
+         f"--kubeconfig={kubectl.kubeconfig}"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )  # fmt: skip
+    try:
+        assert follower.stdout is not None
+        first = follower.stdout.readline()  # the view before the decision
+        kubectl.agent("approve", "gated", "--yes", "-n", tasks, "--as=grace")
+        shown, _ = follower.communicate(timeout=90)
+    finally:
+        follower.kill()
+        follower.wait(10)
+    assert follower.returncode == 0
+    assert first.startswith("AgentTask gated: WaitingApproval")
+    views = [line for line in shown.splitlines() if line.startswith("AgentTask gated: ")]
+    assert views[-1].startswith("AgentTask gated: Succeeded")
 
 
 def test_a_wrong_type_is_named_by_the_schema_not_the_mutating_policy(
