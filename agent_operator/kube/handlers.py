@@ -201,9 +201,11 @@ def mcpservers_by_namespace(
 
 
 @kopf.daemon(GROUP, VERSION, "mcpservers", cancellation_timeout=5.0)
-async def discover_tools(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def discover_tools(
+    body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any
+) -> None:
     """The server's tools, listed into its status for as long as it exists."""
-    await ServerSync(memo["ctx"].cluster, lambda: plain_body(body)).run()
+    await ServerSync(memo["ctx"].cluster, lambda: plain_body(body), lambda: bool(stopped)).run()
 
 
 @kopf.index(GROUP, VERSION, "approvalrequests")

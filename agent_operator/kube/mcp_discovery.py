@@ -47,11 +47,14 @@ class ServerSync:
 
     cluster: Cluster
     body: Callable[[], Obj]
+    stopped: Callable[[], bool] = lambda: False  # Kopf's flag: the server is being deleted
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     _retry: float = FIRST_RETRY_SECONDS
 
     async def run(self) -> None:
-        while True:
+        """Until told to stop (checked at least every LOOK_SECONDS), so a deleted server's
+        finalizer goes at once instead of after Kopf's cancellation timeout."""
+        while not self.stopped():
             raw = self.body()
             generation = raw.get("metadata", {}).get("generation")
             try:
@@ -111,10 +114,11 @@ class ServerSync:
         return values
 
     async def _wait(self, generation: int | None, seconds: float, listen: bool) -> bool:
-        """Until `seconds` pass or the list changed (True), or the spec changed (False)."""
+        """Until `seconds` pass or the list changed (True), or the spec changed or the
+        daemon is told to stop (False)."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            if self.body().get("metadata", {}).get("generation") != generation:
+            if self.stopped() or self.body().get("metadata", {}).get("generation") != generation:
                 return False
             try:
                 await asyncio.wait_for(self._changed.wait(), LOOK_SECONDS)

@@ -257,7 +257,7 @@ def test_a_task_applied_with_its_server_waits_for_the_list_instead_of_failing(
 
 
 def test_a_sub_agents_job_reaches_the_mcp_tools_it_may_call_and_fails_once_their_server_is_gone(
-    cluster: Emulated, operator: kopf.Memo, server: ToolServer
+    cluster: Emulated, operator: kopf.Memo, server: ToolServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     server_listed(cluster, server)
     cluster.create("agentpools", pool("agents", tools=["react_agent", "noop", "inv/*"]))
@@ -287,6 +287,8 @@ def test_a_sub_agents_job_reaches_the_mcp_tools_it_may_call_and_fails_once_their
     # Gone from the API only after the operator saw it being deleted: its finalizer is the
     # operator's, removed once the server is out of the operator's index.
     eventually(lambda: gone(cluster, "mcpservers", "inv"), what="MCPServer inv gone")
+    # Its discovery daemon ended when told to, not cancelled after Kopf's timeout.
+    assert not [r for r in caplog.records if "discover_tools' is cancelled" in r.getMessage()]
     cluster.finish_job(job, succeeded({"answer": "42", "iterations": 1, "trace": []}))
     status = wait_phase(cluster, "delegate", "Failed")
     assert status["reason"] == "MCPServerNotFound"
