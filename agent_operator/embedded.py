@@ -171,7 +171,9 @@ class EmbeddedRun:
     def _endpoints(self, start: StartStep) -> list[MCPEndpoint]:
         """How the step reaches the MCP tools it calls. The plan was checked against the
         servers' tools, so their servers are the file's."""
-        endpoints, _servers = step_endpoints([start.tool, *start.calls], self.servers)
+        endpoints, _servers = step_endpoints(
+            [start.tool, *start.calls], self.servers, self.pool.spec
+        )
         return endpoints
 
     def settle(self, task: AgentTask) -> None:

@@ -18,8 +18,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO, cast
+from typing import Any, TextIO
 
+import urllib3
 import yaml
 from kubernetes import client, config, watch
 from pydantic import ValidationError
@@ -36,7 +37,7 @@ from agent_operator.api import (
     TaskPhase,
 )
 from agent_operator.cli import BadInput, check_plan, load_documents
-from agent_operator.core.mcp import pool_registry
+from agent_operator.core.mcp import granted_servers, pool_registry
 from agent_operator.core.safety import APPROVAL_MITIGATION
 from agent_operator.kube.manifests import LABEL_ATTEMPT, LABEL_STEP, LABEL_TASK_UID
 
@@ -251,7 +252,7 @@ class Session:
             return call()
         except client.ApiException as error:
             raise Refused(f"{what}: {_api_message(error)}") from None
-        except OSError as error:  # urllib3's connection errors are OSErrors
+        except (OSError, urllib3.exceptions.HTTPError) as error:
             raise Refused(f"{what}: cannot reach the API server: {error}") from None
 
     def _custom(self) -> client.CustomObjectsApi:
@@ -290,25 +291,22 @@ class Session:
                     obj = event["object"]
                     version = obj.get("metadata", {}).get("resourceVersion", version)
                     yield event["type"], obj
+            except urllib3.exceptions.ProtocolError:
+                continue  # the stream broke off: resumed from the last change seen
             except client.ApiException as error:
                 if error.status != 410:
                     raise Refused(f"watch AgentTasks: {_api_message(error)}") from None
-                _items, version = self.tasks(all_namespaces, name)
+                # Too old to resume: what the new list holds may have changed meanwhile.
+                items, version = self.tasks(all_namespaces, name)
+                for item in items:
+                    yield "MODIFIED", item
+                if name is not None and not items:
+                    yield "DELETED", {"metadata": {"name": name, "namespace": self.namespace}}
 
     def task(self, name: str) -> Obj | None:
-        custom = self._custom()
-        try:
-            found = cast(
-                Obj,
-                custom.get_namespaced_custom_object(
-                    GROUP, VERSION, self.namespace, "agenttasks", name
-                ),
-            )
-        except client.ApiException as error:
-            if error.status == 404:
-                return None
-            raise Refused(f"get AgentTask {name}: {_api_message(error)}") from None
-        return found
+        """The AgentTask, or None when there is none of that name."""
+        tasks, _version = self.tasks(False, name)
+        return tasks[0] if tasks else None
 
     def approvals(self, task: Obj) -> list[Obj]:
         custom = self._custom()
@@ -443,6 +441,7 @@ def _task_rows(tasks: Sequence[Obj], all_namespaces: bool) -> tuple[list[str], l
 
 
 def _show_task(session: Session, task: Obj, out: TextIO) -> None:
+    session.namespace = task["metadata"]["namespace"]  # `-A NAME`: where it was found
     status = _status(task)
     said = f" ({status.reason})" if status.reason else ""
     print(f"AgentTask {task['metadata']['name']}: {status.phase}{said}", file=out)
@@ -505,7 +504,7 @@ def _request_of(session: Session, target: str, step: str | None) -> tuple[Obj, s
         if not chosen:
             raise Refused(f"step {step} of AgentTask {target} has no ApprovalRequest")
     else:
-        chosen = [r for r in requests if not r["spec"].get("decision")]
+        chosen = [r for r in requests if _waiting(r)]
         if not chosen:
             raise Refused(f"no step of AgentTask {target} waits for a decision")
         if len(chosen) > 1:
@@ -517,6 +516,12 @@ def _request_of(session: Session, target: str, step: str | None) -> tuple[Obj, s
     return request, rationale
 
 
+def _waiting(request: Obj) -> bool:
+    """Undecided and not expired: a decision on it would count."""
+    phase = (request.get("status") or {}).get("phase", ApprovalPhase.pending)
+    return not request["spec"].get("decision") and phase == ApprovalPhase.pending
+
+
 def _decide(session: Session, args: argparse.Namespace, out: TextIO) -> int:
     decision = DECISIONS[args.command]
     request, rationale = _request_of(session, args.task, args.step)
@@ -525,10 +530,15 @@ def _decide(session: Session, args: argparse.Namespace, out: TextIO) -> int:
     if spec.get("decision"):
         by = spec.get("decidedBy") or "someone"
         raise Refused(f"already decided: {spec['decision']} by {by}")
+    if not _waiting(request):
+        raise Refused(f"the request has {request['status']['phase'].lower()}: it takes no decision")
     if not args.yes:
         if not sys.stdin.isatty():
             raise Refused(f"stdin is not a terminal: pass --yes to {args.command} without asking")
-        answer = input(f"{args.command.capitalize()} step {spec['stepId']}? [y/N] ")
+        try:
+            answer = input(f"{args.command.capitalize()} step {spec['stepId']}? [y/N] ")
+        except EOFError:
+            answer = ""
         if answer.strip().lower() not in ("y", "yes"):
             print("Nothing changed.", file=out)
             return 1
@@ -558,8 +568,8 @@ def _logs(session: Session, args: argparse.Namespace, out: TextIO) -> int:
         for pod in sorted(session.step_pods(task, args.step), key=key):
             name, labels = pod["metadata"]["name"], pod["metadata"].get("labels", {})
             phase = (pod.get("status") or {}).get("phase")
-            if name in shown or (args.follow and phase == "Pending"):
-                continue  # a pending pod has no log yet: looked at again next round
+            if name in shown or phase == "Pending":
+                continue  # no log yet (`-f`: looked at again next round)
             print(
                 f"==> step {labels.get(LABEL_STEP, '?')}, attempt "
                 f"{labels.get(LABEL_ATTEMPT, '?')} (pod {name}) <==",
@@ -615,11 +625,17 @@ def _plan(session: Session, args: argparse.Namespace, out: TextIO) -> int:
     except BadInput as error:
         raise Refused(str(error)) from None
     task = documents.task
-    if "namespace" in task.metadata.model_fields_set and not args.namespace:
+    if "namespace" in task.metadata.model_fields_set:
+        if args.namespace and args.namespace != task.metadata.namespace:
+            raise Refused(
+                f"the file's namespace {task.metadata.namespace!r} is not the namespace "
+                f"{args.namespace!r} given with -n"
+            )
         session.namespace = task.metadata.namespace
     pool_name = task.spec.pool_ref.name
     pool = documents.pool or session.pool(pool_name)
-    servers = documents.servers or session.mcp_servers()
+    # As the operator sees them: the cluster's, with the tools their status lists.
+    servers = session.mcp_servers() if granted_servers(pool.spec) else []
     registry = pool_registry(ToolRegistry.default(), pool.spec, servers)
     try:
         status = check_plan(task, pool, registry)

@@ -4,11 +4,16 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+
+import pytest
+import yaml
 
 from agent_operator.api import AgentTaskStatus
 from agent_operator.kubectl_agent import (
     describe_request,
+    main,
     paint,
     plan_rows,
     step_rows,
@@ -144,3 +149,52 @@ def test_colours_mark_phases_and_risks_only() -> None:
     assert paint("report") == "report"
     coloured = table(["NAME", "PHASE"], [["x", "Succeeded"]], paint)
     assert coloured.splitlines() == ["NAME   PHASE", "x      \033[32mSucceeded\033[0m"]
+
+
+def kubeconfig(tmp_path: Path, server: str) -> Path:
+    path = tmp_path / "kubeconfig"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": server}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u",
+                                                       "namespace": "team-a"}}],
+                "current-context": "x",
+            }
+        )
+    )  # fmt: skip
+    return path
+
+
+def test_an_unreachable_api_server_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["get", "--kubeconfig", str(kubeconfig(tmp_path, "http://127.0.0.1:9"))])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith("error: list AgentTasks in team-a: cannot reach the API server: ")
+    assert err.count("\n") == 1
+
+
+def test_plan_refuses_a_namespace_other_than_the_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    task = tmp_path / "task.yaml"
+    task.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "agentoperator.io/v1alpha1",
+                "kind": "AgentTask",
+                "metadata": {"name": "t", "namespace": "team-b"},
+                "spec": {"steps": [{"id": "a", "tool": "noop"}]},
+            }
+        )
+    )
+    config = str(kubeconfig(tmp_path, "http://127.0.0.1:9"))
+    assert main(["plan", "-f", str(task), "-n", "team-a", "--kubeconfig", config]) == 1
+    assert capsys.readouterr().err == (
+        "error: the file's namespace 'team-b' is not the namespace 'team-a' given with -n\n"
+    )

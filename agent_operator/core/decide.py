@@ -36,7 +36,7 @@ from agent_operator.api import (
 )
 from agent_operator.core.cel import CelError
 from agent_operator.core.conditions import task_conditions
-from agent_operator.core.plan import InvalidPlan, PlanningResult, build_plan
+from agent_operator.core.plan import InvalidPlan, PlanningResult, build_plan, call_problems
 from agent_operator.core.reasons import Reason
 from agent_operator.core.safety import (
     assess,
@@ -736,6 +736,12 @@ def _prepare(
     if too_large := params_problem(params):  # a Job with it could never start
         return _StepView(
             StepPhase.failed, reason=Reason.params_too_large, message=f"params: {too_large}"
+        ), None
+    tool = observed.registry.get(step.tool)
+    calls = call_problems(tool, params, observed.pool, observed.registry) if tool else []
+    if calls:  # a placeholder filled in the tools a sub-agent may call
+        return _StepView(
+            StepPhase.failed, reason=Reason.tool_not_granted, message="params: " + "; ".join(calls)
         ), None
     risk, denied = _risk_at_start(observed, step, params)
     if denied:

@@ -13,7 +13,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from agent_contract import RiskLevel, ToolRegistry, ToolSpec
-from agent_contract.mcp import MCP_CAPABILITY, MCPEndpoint, MCPHeaderFile, server_of, tool_name
+from agent_contract.mcp import (
+    MCP_CAPABILITY,
+    MCPEndpoint,
+    MCPHeaderFile,
+    granted,
+    server_of,
+    tool_name,
+)
 from agent_operator.api import (
     AgentPoolSpec,
     MCPServer,
@@ -144,13 +151,12 @@ def header_dir(server: str, index: int) -> str:
     return f"{SECRETS_DIR}/{server}/{index}"
 
 
-def _endpoint(server: MCPServer, tool: str) -> MCPEndpoint:
-    listed = next((t for t in server.status.tools if t.name == tool), None)
+def _endpoint(server: MCPServer, spec: ToolSpec, tool: str) -> MCPEndpoint:
     return MCPEndpoint(
         server=server.metadata.name,
         tool=tool,
-        description=listed.description if listed is not None else "",
-        input_schema=listed.input_schema if listed is not None else {"type": "object"},
+        description=spec.description,
+        input_schema=dict(spec.params_schema),
         url=server.spec.url,
         transport=server.spec.transport,
         timeout_seconds=server.spec.timeout_seconds,
@@ -164,12 +170,12 @@ def _endpoint(server: MCPServer, tool: str) -> MCPEndpoint:
 
 
 def step_endpoints(
-    tools: Iterable[str], servers: Sequence[MCPServer]
+    tools: Iterable[str], servers: Sequence[MCPServer], pool: AgentPoolSpec
 ) -> tuple[list[MCPEndpoint], list[MCPServer]]:
     """How a step reaches each MCP tool among `tools` (its own, and those its sub-agent may
     call), with the description and schema its server lists, and the servers they are of,
-    whose header Secrets the step's pod mounts. Raises LookupError naming a server that
-    is not among `servers`."""
+    whose header Secrets the step's pod mounts. Only a tool the server offers and the pool
+    grants gets one: LookupError names any other (the core refuses those first)."""
     by_name = {server.metadata.name: server for server in servers}
     endpoints, used = [], {}
     for name in dict.fromkeys(tools):
@@ -179,6 +185,10 @@ def step_endpoints(
         server = by_name.get(found[0])
         if server is None:
             raise LookupError(f"tool {name!r} is of MCPServer {found[0]!r}, which does not exist")
-        endpoints.append(_endpoint(server, found[1]))
+        spec = next((t for t in tool_specs(server) if t.name == name), None)
+        if spec is None or not granted(name, pool.tools):
+            why = "does not offer it" if spec is None else "is not granted by the pool"
+            raise LookupError(f"tool {name!r} of MCPServer {found[0]!r} {why}")
+        endpoints.append(_endpoint(server, spec, found[1]))
         used[found[0]] = server
     return endpoints, list(used.values())

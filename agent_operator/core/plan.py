@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from graphlib import CycleError, TopologicalSorter
+from typing import Any
 
 from agent_contract import NETWORK, ToolRegistry, ToolSpec, Usage, params_problem
 from agent_contract.mcp import WHOLE_SERVER, granted, server_of, tool_name
@@ -94,6 +95,26 @@ def granted_tools(pool: AgentPoolSpec, registry: ToolRegistry) -> list[ToolSpec]
     return [tool for tool in registry if not _grant_problems(tool, pool)]
 
 
+def call_problems(
+    tool: ToolSpec, params: dict[str, Any], pool: AgentPoolSpec, registry: ToolRegistry
+) -> list[str]:
+    """Why the tools a call of `tool` with `params` may call in turn (a sub-agent's) are
+    not for this pool: unknown, or not granted. Checked on the plan, and again on the
+    params a step starts with, where a placeholder may have filled the list in."""
+    problems = []
+    for name in tool.calls(params):
+        called, mcp = registry.get(name), server_of(name)
+        if called is None and mcp is not None:
+            problems.append(
+                f"calls tool {name!r}, which no MCPServer {mcp[0]!r} of the namespace offers"
+            )
+        elif called is None:
+            problems.append(f"calls unknown tool {name!r}")
+        else:
+            problems += _grant_problems(called, pool)
+    return problems
+
+
 def _tool_problems(
     where: str, step: Step, pool: AgentPoolSpec, registry: ToolRegistry
 ) -> list[str]:
@@ -103,12 +124,7 @@ def _tool_problems(
             f"{where}.tool: unknown tool {step.tool!r}; known tools: {', '.join(registry.names())}"
         ]
     grants = [f"{where}.tool: {problem}" for problem in _grant_problems(tool, pool)]
-    for name in tool.calls(step.params):  # a sub-agent's tools: the pool must grant them too
-        called = registry.get(name)
-        if called is None:
-            grants.append(f"{where}.params: calls unknown tool {name!r}")
-        else:
-            grants += [f"{where}.params: {problem}" for problem in _grant_problems(called, pool)]
+    grants += [f"{where}.params: {p}" for p in call_problems(tool, step.params, pool, registry)]
     size = params_problem(step.params)
     return (
         grants

@@ -42,6 +42,7 @@ class Reason(StrEnum):
     server_unreachable = "ServerUnreachable"  # cannot connect, refused (HTTP 4xx/5xx), broke
     missing_secret = "MissingSecret"  # a header's secretKeyRef names no such Secret or key
     mcp_server_not_found = "MCPServerNotFound"  # a step's tool names a server that is gone
+    invocation_too_large = "InvocationTooLarge"  # a step's invocation outgrows its pod's env
     # --- a task goes on -----------------------------------------------------------------
     steps_running = "StepsRunning"
     waiting_for_approval = "WaitingForApproval"
@@ -59,6 +60,7 @@ class Reason(StrEnum):
     params_too_large = "ParamsTooLarge"  # substituted params over the step's limit
     approval_stale = "ApprovalStale"  # approved for other params than it would start with
     denied_by_rule = "DeniedByRule"  # a Deny safety rule holds for its substituted params
+    tool_not_granted = "ToolNotGranted"  # its filled-in params let it call a tool not granted
     timed_out = TIMED_OUT  # ran into its timeout (the runtime's word, or the operator's)
     lost = "Lost"  # started, then its Job or process vanished with no outcome recorded
     unrecorded = "Unrecorded"  # its Job was made, but never recorded nor let run: removed

@@ -192,12 +192,11 @@ def pools_by_name(namespace: str | None, name: str, body: kopf.Body, **_: Any) -
 
 
 @kopf.index(GROUP, VERSION, "mcpservers")
-def mcpservers_by_namespace(
-    namespace: str | None, body: kopf.Body, **_: Any
-) -> dict[Any, Any] | None:
-    """A server being deleted is gone for new steps at once (None leaves it out), before
-    its finalizer (the discovery daemon's) is removed and the API forgets it."""
-    return None if body.metadata.get("deletionTimestamp") else {namespace: body}
+def mcpservers_by_namespace(namespace: str | None, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    """A server being deleted is gone for new steps at once (no key: Kopf drops its
+    entry; None would keep it), before its finalizer (the discovery daemon's) is removed
+    and the API forgets it."""
+    return {} if body.metadata.get("deletionTimestamp") else {namespace: body}
 
 
 @kopf.daemon(GROUP, VERSION, "mcpservers", cancellation_timeout=5.0)

@@ -8,6 +8,7 @@ cluster, and a restarted operator derives the very same names to adopt what exis
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC
 from typing import Any
@@ -103,6 +104,14 @@ def approval_name(task_name: str, task_uid: str, step_id: str) -> str:
     return f"{task_name}-{step_id}"[: MAX_JOB_NAME - len(suffix)].rstrip("-.") + suffix
 
 
+# Linux's limit on one environment string (MAX_ARG_STRLEN), `AGENT_STEP=` included.
+MAX_INVOCATION_BYTES = 131072 - len(STEP_ENV) - 2
+
+
+class InvocationTooLarge(Exception):
+    """The step's invocation cannot be passed in its pod's environment."""
+
+
 def step_job(
     task: AgentTask, pool: AgentPool, start: StartStep, servers: Sequence[MCPServer] = ()
 ) -> dict[str, Any]:
@@ -114,9 +123,11 @@ def step_job(
     The pod holds no credential of the operator's: a result too large for the termination
     message comes back through the pod's log. Raises ValueError, naming the field, when the
     pool's template would make a pod outside the "restricted" Pod Security Standard or
-    would override what the operator sets; LookupError when a tool's server is missing.
+    would override what the operator sets; LookupError when an MCP tool it calls is not
+    offered (its server gone) or not granted; InvocationTooLarge when the step cannot be
+    told in its environment.
     """
-    endpoints, used = step_endpoints([start.tool, *start.calls], servers)
+    endpoints, used = step_endpoints([start.tool, *start.calls], servers, pool.spec)
     template = pool.spec.template.wire()  # camelCase copies: the job never aliases the pool
     labels = {
         **_task_labels(task, start.step_id),
@@ -321,9 +332,20 @@ def _env(
 ) -> list[dict[str, Any]]:
     """The step (no secret in it), secrets by reference only, then the pool's own env."""
     invocation = step_invocation(task, pool.spec, start, endpoints)
-    env: list[dict[str, Any]] = [
-        {"name": STEP_ENV, "value": invocation.model_dump_json(by_alias=True)}
-    ]
+    value = invocation.model_dump_json(by_alias=True)
+    size = len(value.encode())
+    if size > MAX_INVOCATION_BYTES:
+        schemas = sum(len(json.dumps(e.input_schema)) for e in endpoints)
+        raise InvocationTooLarge(
+            f"step {start.step_id!r}: its invocation takes {size} bytes, and a pod's "
+            f"environment variable holds at most {MAX_INVOCATION_BYTES}"
+            + (
+                f"; the MCP tools it may call bring {schemas} bytes of schemas: list fewer"
+                if endpoints
+                else ""
+            )
+        )
+    env: list[dict[str, Any]] = [{"name": STEP_ENV, "value": value}]
     model = pool.spec.model
     if model is not None and model.api_key_secret_ref is not None:
         ref = model.api_key_secret_ref

@@ -52,8 +52,9 @@ class ServerSync:
     _retry: float = FIRST_RETRY_SECONDS
 
     async def run(self) -> None:
-        """Until told to stop (checked at least every LOOK_SECONDS), so a deleted server's
-        finalizer goes at once instead of after Kopf's cancellation timeout."""
+        """Until told to stop: looked at between lists, every LOOK_SECONDS while waiting,
+        so a deleted server's finalizer goes at once instead of after Kopf's cancellation
+        timeout (which still ends a connect or a list that hangs)."""
         while not self.stopped():
             raw = self.body()
             generation = raw.get("metadata", {}).get("generation")

@@ -68,6 +68,7 @@ from agent_operator.kube.manifests import (
     LABEL_ATTEMPT,
     LABEL_STEP,
     LAUNCH,
+    InvocationTooLarge,
     approval_name,
     approval_request,
     step_job,
@@ -571,10 +572,12 @@ class KubeShell:
                 job = step_job(task, pool, start, servers)
             except ValueError as error:  # the pool's template cannot make a safe pod
                 raise Permanent(Reason.invalid_pool_template, str(error)) from error
-            except LookupError as error:  # deleted since the plan was made
+            except InvocationTooLarge as error:
+                raise Permanent(Reason.invocation_too_large, str(error)) from error
+            except LookupError as error:  # its server deleted since the plan was made
                 raise Permanent(
                     Reason.mcp_server_not_found,
-                    f"{error} in namespace {pool.metadata.namespace!r}",
+                    f"{error} (namespace {pool.metadata.namespace!r})",
                 ) from error
             name = job["metadata"]["name"]
             self.ctx.ledger.take(key, self.uid, [name])  # held while it is being made

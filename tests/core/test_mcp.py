@@ -273,8 +273,9 @@ def test_a_step_reaches_each_mcp_tool_it_calls_with_its_listed_schema_and_header
             "other", headers=[{"name": "X-Team", "secretKeyRef": {"name": "team", "key": "id"}}]
         ),
     )
+    grants = pool(tools=["react_agent", "noop", "inv/lookup", "other/*"])
     endpoints, used = step_endpoints(
-        ["react_agent", "inv/lookup", "noop", "other/drop", "inv/lookup"], [other, inv]
+        ["react_agent", "inv/lookup", "noop", "other/drop", "inv/lookup"], [other, inv], grants
     )
     assert [(e.server, e.tool) for e in endpoints] == [("inv", "lookup"), ("other", "drop")]
     assert (endpoints[0].description, endpoints[0].input_schema) == ("Look a key up.", SCHEMA)
@@ -284,4 +285,39 @@ def test_a_step_reaches_each_mcp_tool_it_calls_with_its_listed_schema_and_header
     assert [h.path for h in endpoints[1].headers] == ["/var/run/agent-operator/mcp/other/0/value"]
     assert [s.metadata.name for s in used] == ["inv", "other"]
     with pytest.raises(LookupError, match="MCPServer 'gone', which does not exist"):
-        step_endpoints(["gone/tool"], [inv])
+        step_endpoints(["gone/tool"], [inv], grants)
+    with pytest.raises(LookupError, match="'inv/drop' of MCPServer 'inv' is not granted"):
+        step_endpoints(["inv/drop"], [inv], grants)
+    hidden = server(tools=["lookup"])  # its spec offers lookup only
+    with pytest.raises(LookupError, match="'inv/drop' of MCPServer 'inv' does not offer it"):
+        step_endpoints(["inv/drop"], [hidden], pool(tools=["inv/*"]))
+
+
+def test_a_sub_agents_tools_filled_in_at_run_time_are_checked_before_it_starts() -> None:
+    """`tools` from a placeholder cannot be judged at plan time: they are at the start."""
+    granted_pool = pool(tools=["react_agent", "noop", "inv/*"])
+    agent = {
+        "id": "a",
+        "tool": "react_agent",
+        "params": {"goal": "g", "tools": "${inputs.tools}"},
+    }
+    for tools, problem in [
+        (["noop", "other/drop"], "calls tool 'other/drop', which no MCPServer 'other' of"),
+        (["noop", "inv/hidden"], "calls tool 'inv/hidden', which no MCPServer 'inv' of"),
+        (["noop", "nothing"], "calls unknown tool 'nothing'"),
+        (["shell"], "the pool does not grant tool 'shell'"),
+    ]:
+        w = World(make_task({"steps": [agent], "inputs": {"tools": tools}}), pool=granted_pool)
+        w.registry = pool_registry(REGISTRY, granted_pool, [server()])
+        d = w.step()
+        assert not [a for a in d.actions if isinstance(a, StartStep)], tools
+        [step] = d.status.steps
+        assert (step.phase.value, step.reason) == ("Failed", Reason.tool_not_granted)
+        assert problem in (step.message or "")
+    w = World(
+        make_task({"steps": [agent], "inputs": {"tools": ["noop", "inv/drop"]}}),
+        pool=granted_pool,
+    )
+    w.registry = pool_registry(REGISTRY, granted_pool, [server()])
+    d = w.step()  # granted and known: judged as if listed, so drop's risk asks for a person
+    assert any(isinstance(a, RequestApproval) for a in d.actions)

@@ -6,6 +6,7 @@ import copy
 import json
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -17,6 +18,7 @@ from agent_operator.api import (
     AgentPool,
     AgentTask,
     ApprovalRequest,
+    MCPServer,
     RiskAssessment,
 )
 from agent_operator.core.decide import RequestApproval, StartStep
@@ -29,6 +31,7 @@ from agent_operator.kube.manifests import (
     LABEL_TASK,
     LABEL_TASK_UID,
     MANAGED_SELECTOR,
+    InvocationTooLarge,
     approval_name,
     approval_request,
     pool_selector,
@@ -527,3 +530,29 @@ def test_the_approval_request_carries_the_tasks_recorded_creator() -> None:
         "agentoperator.io/task-created-by": "carol@example.com"
     }
     assert "annotations" not in approval_request(make_task(), make_request())["metadata"]
+
+
+def test_a_step_whose_invocation_outgrows_the_pods_environment_is_refused_clearly() -> None:
+    """Each MCP tool a sub-agent may call brings its schema into the invocation; Linux
+    holds one environment string to 128 KiB, and a pod given more would never start."""
+    big = {"type": "object", "properties": {f"field{i}": {"type": "string",
+           "description": "x" * 100} for i in range(400)}}  # fmt: skip
+    server = MCPServer.model_validate(
+        {
+            "metadata": {"name": "wide", "namespace": "team-a"},
+            "spec": {"url": "http://wide.test/mcp"},
+            "status": {
+                "tools": [{"name": f"t{n}", "inputSchema": big, "risk": "low"} for n in range(3)]
+            },
+        }
+    )
+    pool = make_pool(template={"image": "agent-runtime:1"}, tools=["react_agent", "wide/*"])
+    tools = ["wide/t0", "wide/t1", "wide/t2"]
+    start = StartStep("fetch", 1, "react_agent", {"goal": "g", "tools": tools}, 60, False, None,
+                      tuple(tools))  # fmt: skip
+    with pytest.raises(InvocationTooLarge) as refused:
+        step_job(make_task(), pool, start, [server])
+    assert str(refused.value).startswith("step 'fetch': its invocation takes ")
+    assert "the MCP tools it may call bring" in str(refused.value)
+    one = replace(start, params={"goal": "g", "tools": tools[:1]}, calls=tuple(tools[:1]))
+    assert step_job(make_task(), pool, one, [server])["kind"] == "Job"  # one fits

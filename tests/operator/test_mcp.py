@@ -266,7 +266,7 @@ def test_a_sub_agents_job_reaches_the_mcp_tools_it_may_call_and_fails_once_their
         "poolRef": {"name": "agents"},
         "steps": [
             {"id": "first", "tool": "react_agent", "params": agent},
-            {"id": "again", "tool": "react_agent", "params": agent},
+            {"id": "again", "tool": "inv/lookup", "params": {"key": "answer"}},
         ],
     }
     cluster.create("agenttasks", agent_task("delegate", spec))
@@ -293,6 +293,6 @@ def test_a_sub_agents_job_reaches_the_mcp_tools_it_may_call_and_fails_once_their
     status = wait_phase(cluster, "delegate", "Failed")
     assert status["reason"] == "MCPServerNotFound"
     assert status["message"] == (
-        f"tool 'inv/lookup' is of MCPServer 'inv', which does not exist in namespace {NS!r}"
+        f"tool 'inv/lookup' is of MCPServer 'inv', which does not exist (namespace {NS!r})"
     )
     assert step_jobs(cluster, "again") == []
