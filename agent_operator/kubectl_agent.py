@@ -25,7 +25,7 @@ import yaml
 from kubernetes import client, config, watch
 from pydantic import ValidationError
 
-from agent_contract import RiskLevel, ToolRegistry
+from agent_contract import RiskLevel
 from agent_operator.api import (
     GROUP,
     VERSION,
@@ -36,8 +36,6 @@ from agent_operator.api import (
     StepPhase,
     TaskPhase,
 )
-from agent_operator.cli import BadInput, check_plan, load_documents
-from agent_operator.core.mcp import granted_servers, pool_registry
 from agent_operator.core.safety import APPROVAL_MITIGATION
 from agent_operator.kube.manifests import LABEL_ATTEMPT, LABEL_STEP, LABEL_TASK_UID
 
@@ -620,6 +618,12 @@ def plan_rows(status: AgentTaskStatus) -> list[list[str]]:
 
 
 def _plan(session: Session, args: argparse.Namespace, out: TextIO) -> int:
+    # The planning code (and the MCP and OpenAI clients under it) loads in a second:
+    # only this command needs it.
+    from agent_contract import ToolRegistry
+    from agent_operator.cli import BadInput, check_plan, load_documents
+    from agent_operator.core.mcp import granted_servers, pool_registry
+
     try:
         documents = load_documents(Path(args.file))
     except BadInput as error:
