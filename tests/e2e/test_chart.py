@@ -624,6 +624,13 @@ def test_kubectl_agent_watches_follows_logs_and_plans_without_running(
         "spec": {**pool["spec"], "tools": ["sleep", "noop"]},
     }
     kubectl.apply(slow)
+    try:
+        _plan_watch_and_follow(release, kubectl, tasks)
+    finally:  # the chart's own pool stays the namespace's only one (the uninstall test)
+        kubectl("delete", "agentpool", "sleepers", "-n", tasks)
+
+
+def _plan_watch_and_follow(release: Release, kubectl: Kubectl, tasks: str) -> None:
     napping = task_manifest("napping")
     napping["spec"] = {
         "poolRef": {"name": "sleepers"},
