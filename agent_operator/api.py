@@ -624,6 +624,32 @@ class JobTemplate(ApiModel):
     )
 
 
+class Notifications(ApiModel):
+    """Where the pool's approvers are told that a step waits for them, and how often
+    they are reminded; the channels are Apprise URLs (Slack, Teams, email, Matrix, JSON
+    webhooks, ...) kept in a Secret, since they carry tokens."""
+
+    secret_name: str = Field(
+        min_length=1,
+        max_length=253,
+        description="Secret in the pool's namespace: key `urls` holds the Apprise URLs "
+        "(one or more, separated by spaces, commas or lines) every notice goes to; key "
+        "`escalationUrls` those an escalation goes to.",
+    )
+    remind_every_seconds: int = Field(
+        default=0, ge=0, le=604800, description="Remind while a request waits; 0: never."
+    )
+    escalate_after_seconds: int = Field(
+        default=0,
+        ge=0,
+        le=604800,
+        description="Tell the escalation URLs once a request has waited this long; 0: never.",
+    )
+    task_finished: bool = Field(
+        default=False, description="Also tell when a task of the pool succeeds or fails."
+    )
+
+
 class AgentPoolSpec(ApiModel):
     """Capacity, Job template, model and tools of the pool."""
 
@@ -651,6 +677,11 @@ class AgentPoolSpec(ApiModel):
         max_length=64,
         description="Safety rules for every step of the pool's tasks.",
         json_schema_extra=BY_NAME,
+    )
+    notifications: Notifications | None = Field(
+        default=None,
+        description="Who is told about the pool's approval requests (and, opt-in, its "
+        "tasks' ends); omitted: the operator's defaults (the chart's notifications values).",
     )
 
 

@@ -39,6 +39,7 @@ from agent_operator.core.decide import (
     decide,
 )
 from agent_operator.core.naming import job_name
+from agent_operator.core.notify import Notice, NotifyPolicy, due, policy_for
 from agent_operator.core.plan import PlanningResult
 from agent_operator.store import Store, StoreUnavailable
 
@@ -110,6 +111,7 @@ class Recorded:
     decision: Decision
     runs: Sequence[StepRun]  # attempts that ended
     events: Sequence[Event]
+    notices: Sequence[Notice] = ()  # put in the outbox: a deliverer has work
 
 
 class Shell(Protocol):
@@ -158,19 +160,25 @@ class Shell(Protocol):
 class Driver:
     """Drives one task, a pass at a time; a lock keeps passes from two callers (the loop,
     a finalizer) apart. Kept across passes: the planner's answer until it is recorded,
-    the attempts recorded so far, actions a transient failure interrupted, and the
-    failure a shell found."""
+    the attempts recorded so far, actions a transient failure interrupted, the failure a
+    shell found, and the notices known to be in the outbox.
+
+    `notifies`: this runner delivers notices (the operator); `notify_defaults` is where
+    they go for a pool that names no channel of its own."""
 
     shell: Shell
     store: Callable[[], Store]
     registry: ToolRegistry
     retry_seconds: float = 2.0
     store_retry_seconds: float = 5.0
+    notifies: bool = False
+    notify_defaults: NotifyPolicy | None = None
     planning: PlanningResult | None = None
     failure: ShellFailure | None = None
     _recorded: dict[Key, StepRun] | None = None
     _unacted: Decision | None = None
     _saved_row: tuple[object, ...] | None = None
+    _notified: set[str] = field(default_factory=set)
     _errors: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -216,12 +224,12 @@ class Driver:
             if self._unacted is not None:  # finish what a transient failure interrupted
                 self.shell.act(task, pool, self._unacted)
                 self._unacted = None
-            decision = self._decide(task, pool, tools)
+            decision, notices = self._decide(task, pool, tools)
             if any(isinstance(a, PlanWithLLM) for a in decision.actions):  # no slot held
                 self.planning = self.shell.plan(task, pool, tools)
                 return RequeueAt(datetime.now(UTC))
             self.shell.prepare(task, pool, decision)  # before the record that names it
-            recorded = self._record(task, decision)
+            recorded = self._record(task, decision, notices)
             self._act(task, pool, decision)
         finally:
             self.shell.settle(task)
@@ -231,8 +239,8 @@ class Driver:
         """End the task with the failure a shell found: recorded, then acted on (what still
         runs is stopped), like any other end. No pool is needed for it."""
         assert self.failure is not None
-        decision = self._observe_and_decide(task, AgentPoolSpec(), self.registry, {}, None)
-        recorded = self._record(task, decision)
+        decision, notices = self._observe_and_decide(task, AgentPoolSpec(), self.registry, {}, None)
+        recorded = self._record(task, decision, notices)
         self._act(task, None, decision)
         return self._conclude(task, recorded)
 
@@ -262,7 +270,9 @@ class Driver:
             self.planning = None  # in the written status now (or of no more use)
         return Done() if status.phase.terminal else RequeueAt(recorded.decision.requeue_at)
 
-    def _decide(self, task: AgentTask, pool: AgentPool, tools: ToolRegistry) -> Decision:
+    def _decide(
+        self, task: AgentTask, pool: AgentPool, tools: ToolRegistry
+    ) -> tuple[Decision, list[Notice]]:
         approvals = self.shell.observe_approvals(task)
         # A task about to be planned starts nothing this pass: it sets no slot aside, so the
         # planner's call (seconds, minutes) keeps no other task of the pool waiting.
@@ -277,11 +287,14 @@ class Driver:
         tools: ToolRegistry,
         approvals: Mapping[str, ApprovalView],
         free_slots: int | None,
-    ) -> Decision:
-        return decide(
+    ) -> tuple[Decision, list[Notice]]:
+        """The decision, and the notices it makes (with the time the next one falls due
+        folded into its `requeue_at`)."""
+        now = datetime.now(UTC)
+        decision = decide(
             Observed(
                 task=task,
-                now=datetime.now(UTC),
+                now=now,
                 pool=pool,
                 registry=tools,
                 recorded=list(self._runs(task).values()),
@@ -292,6 +305,13 @@ class Driver:
                 failure=self.failure,
             )
         )
+        policy = policy_for(task.metadata.namespace or "default", pool, self.notify_defaults)
+        if not self.notifies or policy is None:
+            return decision, []
+        notices, wake = due(task, decision, approvals, policy, now)
+        if wake is not None and (decision.requeue_at is None or wake < decision.requeue_at):
+            decision = replace(decision, requeue_at=wake)
+        return decision, [n for n in notices if n.key not in self._notified]
 
     def _ended(self, task: AgentTask) -> set[Key]:
         return {key for key, run in self._runs(task).items() if run.finished_at is not None}
@@ -303,7 +323,7 @@ class Driver:
             self._recorded = {(r.step_id, r.attempt): r for r in runs}
         return self._recorded
 
-    def _record(self, task: AgentTask, decision: Decision) -> Recorded:
+    def _record(self, task: AgentTask, decision: Decision, notices: Sequence[Notice]) -> Recorded:
         """Everything the decision needs written, in one transaction; only what it committed
         is remembered as written."""
         store, uid = self.store(), _uid(task)
@@ -350,6 +370,7 @@ class Driver:
                     dedupe_key=event.key,
                 )
             ]
+            queued = [n for n in notices if store.enqueue_notice(uid, n)]
             if decision.checkpointed(task.status) and status.checkpoint is not None:
                 store.record_checkpoint(
                     uid,
@@ -359,10 +380,11 @@ class Driver:
                     status.wire(),
                 )
         self._saved_row = row
+        self._notified.update(n.key for n in notices)
         recorded = self._runs(task)
         for run in [*decision.finished, *started]:
             recorded[(run.step_id, run.attempt)] = run
-        return Recorded(decision, ended, events)
+        return Recorded(decision, ended, events, queued)
 
 
 def _uid(task: AgentTask) -> str:

@@ -16,7 +16,7 @@ from tests.support.postgres import local_postgres
 REPO = Path(__file__).resolve().parent.parent
 
 # Fixtures defined next to the helpers they drive.
-pytest_plugins = ["tests.support.openai_server", "tests.support.relay"]
+pytest_plugins = ["tests.support.openai_server", "tests.support.relay", "tests.support.webhook"]
 
 
 # --- checkpoint store -------------------------------------------------------

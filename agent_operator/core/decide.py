@@ -103,6 +103,7 @@ class ApprovalView:
     decided_by: str | None = None
     reason: str | None = None
     params_digest: str | None = None  # of the params it asked about; None: not recorded
+    requested_at: datetime | None = None  # when the request was made (for reminders)
 
 
 def bound_schemas(

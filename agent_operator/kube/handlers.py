@@ -22,6 +22,7 @@ from agent_operator.core.safety import rule_problems
 from agent_operator.driver import BackOff, Done
 from agent_operator.kube import metrics
 from agent_operator.kube.cache import LabelledCache, Obj
+from agent_operator.kube.channels import kube_channels
 from agent_operator.kube.cluster import Cluster
 from agent_operator.kube.kopf_state import TaskFreeDiffBase
 from agent_operator.kube.manifests import (
@@ -41,6 +42,7 @@ from agent_operator.kube.reconciler import (
     plain_body,
 )
 from agent_operator.kube.settings import OperatorSettings
+from agent_operator.notifier import Deliverer
 from agent_operator.store import StoreError
 
 log = logging.getLogger(__name__)
@@ -166,6 +168,15 @@ def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     ctx = OperatorContext(
         operator, cluster, jobs, pods, _event_poster(object_logger), object_logger
     )
+    ctx.deliverer = Deliverer(
+        ctx.store,
+        kube_channels(cluster, operator.notify_dir),
+        retry_seconds=operator.api_retry_seconds,
+        delivered=lambda notice, ok: metrics.NOTIFICATIONS.labels(
+            notice.kind, "delivered" if ok else "failed"
+        ).inc(),
+    )
+    ctx.deliverer.start()
     memo["ctx"] = ctx
     jobs.start()
     pods.start()
@@ -181,6 +192,8 @@ def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
 def stop(memo: kopf.Memo, **_: Any) -> None:
     ctx: OperatorContext | None = memo.get("ctx")
     if ctx is not None:
+        if ctx.deliverer is not None:
+            ctx.deliverer.stop()
         ctx.jobs.stop()
         ctx.pods.stop()
         ctx.close()

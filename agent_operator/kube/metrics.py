@@ -36,3 +36,9 @@ API_ERRORS = Counter(
     "(kubernetes, store, unexpected)",
     ["operation"],
 )
+NOTIFICATIONS = Counter(
+    "agent_operator_notifications_total",
+    "Notice delivery attempts, by kind (ApprovalRequested, ApprovalReminder, ...) and "
+    "outcome (delivered, failed)",
+    ["kind", "outcome"],
+)

@@ -122,6 +122,7 @@ def approval_view(obj: Obj) -> ApprovalView:
     mirrored it into status; an Expired status wins over a decision that came too late.
     """
     spec, status = obj["spec"], obj.get("status") or {}
+    created = obj["metadata"].get("creationTimestamp")
     if status.get("phase") == ApprovalPhase.expired:
         phase = ApprovalPhase.expired
     elif spec.get("decision"):
@@ -135,6 +136,9 @@ def approval_view(obj: Obj) -> ApprovalView:
         decided_by=status.get("decidedBy") or spec.get("decidedBy"),
         reason=spec.get("reason"),
         params_digest=spec.get("paramsDigest"),
+        requested_at=_time(created)
+        if (created := obj["metadata"].get("creationTimestamp"))
+        else None,
     )
 
 

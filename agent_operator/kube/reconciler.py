@@ -75,6 +75,7 @@ from agent_operator.kube.manifests import (
 )
 from agent_operator.kube.observe import approval_view, run_from_job
 from agent_operator.kube.settings import OperatorSettings
+from agent_operator.notifier import Deliverer
 from agent_operator.planner import plan_with_llm
 from agent_operator.store import Store, StoreUnavailable
 
@@ -285,6 +286,7 @@ class OperatorContext:
     phases: PhaseGauge = field(default_factory=PhaseGauge)
     pending_approvals: PendingApprovals = field(default_factory=PendingApprovals)
     loops: dict[str, TaskLoop] = field(default_factory=dict)  # the running loops, by uid
+    deliverer: Deliverer | None = None  # delivers the outbox's notices
     passes: ThreadPoolExecutor = field(init=False)  # where task loops make their passes
     recovery: Recovery = field(init=False)  # rouses loops backing off once an outage ends
     _store: Store | None = None
@@ -333,6 +335,8 @@ class TaskLoop:
             ctx.registry,
             retry_seconds=settings.api_retry_seconds,
             store_retry_seconds=settings.store_retry_seconds,
+            notifies=True,
+            notify_defaults=settings.notify_defaults(),
         )
 
     @property
@@ -660,6 +664,8 @@ class KubeShell:
             if event.kind == EventKind.step_retried:
                 metrics.RETRIES.inc()
             self.ctx.post_event(self.body, event)
+        if recorded.notices and self.ctx.deliverer is not None:
+            self.ctx.deliverer.poke()
 
     def show_store_down(self, error: str) -> None:
         """Say in the status why the task is held: nothing new starts until the store is

@@ -8,6 +8,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
+from agent_operator.core.notify import DEFAULT_CHANNEL, NotifyPolicy, make_policy
 from agent_operator.store import DEFAULT_RETENTION_DAYS
 
 
@@ -52,6 +53,18 @@ class OperatorSettings(BaseModel):
         "task holds none, and passes beyond this number wait their turn.",
     )
 
+    notify_dir: str | None = Field(
+        default=None,
+        description="Directory of the default notification channel: files `urls` and "
+        "`escalationUrls` with Apprise URLs (the chart mounts its Secret there); None: no "
+        "defaults (pools with spec.notifications are still told).",
+    )
+    notify_remind_seconds: int = Field(default=0, ge=0, description="Default reminders; 0: none.")
+    notify_escalate_seconds: int = Field(
+        default=0, ge=0, description="Default escalation delay; 0: none."
+    )
+    notify_task_finished: bool = Field(default=False, description="Default: tell task ends.")
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
         env = os.environ if env is None else env
@@ -61,10 +74,29 @@ class OperatorSettings(BaseModel):
             metrics_port=int(env.get("AGENT_OPERATOR_METRICS_PORT", "8080")),
             health_port=int(env.get("AGENT_OPERATOR_HEALTH_PORT", "8081")),
             log_format=LogFormat(env.get("AGENT_OPERATOR_LOG_FORMAT", "plain")),
-            peering=env.get("AGENT_OPERATOR_PEERING", "false").lower() in ("1", "true", "yes"),
+            peering=_flag(env.get("AGENT_OPERATOR_PEERING", "false")),
             peering_lifetime_seconds=int(env.get("AGENT_OPERATOR_PEERING_LIFETIME_SECONDS", "10")),
             workers=int(env.get("AGENT_OPERATOR_WORKERS", "16")),
             retention_days=float(
                 env.get("AGENT_OPERATOR_RETENTION_DAYS", str(DEFAULT_RETENTION_DAYS))
             ),
+            notify_dir=env.get("AGENT_OPERATOR_NOTIFY_DIR") or None,
+            notify_remind_seconds=int(env.get("AGENT_OPERATOR_NOTIFY_REMIND_SECONDS", "0")),
+            notify_escalate_seconds=int(env.get("AGENT_OPERATOR_NOTIFY_ESCALATE_SECONDS", "0")),
+            notify_task_finished=_flag(env.get("AGENT_OPERATOR_NOTIFY_TASK_FINISHED", "false")),
         )
+
+    def notify_defaults(self) -> NotifyPolicy | None:
+        """Where notices of a pool without channels of its own go (None: nowhere)."""
+        if self.notify_dir is None:
+            return None
+        return make_policy(
+            DEFAULT_CHANNEL,
+            remind_every_seconds=self.notify_remind_seconds,
+            escalate_after_seconds=self.notify_escalate_seconds,
+            task_finished=self.notify_task_finished,
+        )
+
+
+def _flag(value: str) -> bool:
+    return value.lower() in ("1", "true", "yes")

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from enum import StrEnum
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeAlias, TypeVar
@@ -42,6 +43,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
@@ -59,6 +61,7 @@ from sqlalchemy.sql.elements import KeyedColumnElement
 from agent_contract import Usage
 from agent_operator.api import TaskPhase
 from agent_operator.core.decide import RunState, StepRun
+from agent_operator.core.notify import Notice
 from agent_operator.core.patch import apply_json_patch, json_patch
 from agent_operator.redact import redact, redact_text
 from agent_operator.store.migrate import upgrade_schema
@@ -68,11 +71,19 @@ from agent_operator.store.records import (
     CheckpointRow,
     EventKind,
     EventRecord,
+    NoticeRecord,
     StoreError,
     StoreUnavailable,
     TaskRecord,
 )
-from agent_operator.store.tables import AuditEvent, Base, Checkpoint, StepAttempt, Task
+from agent_operator.store.tables import (
+    AuditEvent,
+    Base,
+    Checkpoint,
+    Notification,
+    StepAttempt,
+    Task,
+)
 
 __all__ = [
     "DEFAULT_RETENTION",
@@ -80,6 +91,8 @@ __all__ = [
     "CheckpointRecord",
     "EventKind",
     "EventRecord",
+    "NoticeRecord",
+    "NoticeState",
     "Store",
     "StoreError",
     "StoreUnavailable",
@@ -113,6 +126,13 @@ _PG_LIVENESS = {
 
 # Sorted keys make equal documents byte-equal, so an unchanged upsert is a no-op on SQLite too.
 _json_dumps = partial(json.dumps, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+class NoticeState(StrEnum):
+    pending = "Pending"
+    delivered = "Delivered"
+    failed = "Failed"  # every attempt failed; the last error is kept
+
 
 R = TypeVar("R")
 Excluded: TypeAlias = ReadOnlyColumnCollection[str, KeyedColumnElement[Any]]
@@ -446,7 +466,109 @@ class Store:
         with self._transaction() as connection:
             return _wrote(connection, statement)
 
+    def enqueue_notice(self, task_uid: str, notice: Notice) -> bool:
+        """Put a notice in the outbox, due now; False when one with its key is there."""
+        now = datetime.now(UTC)
+        statement = (
+            self._insert(Notification)
+            .values(
+                task_uid=task_uid,
+                key=notice.key,
+                kind=notice.kind.value,
+                channel=notice.channel,
+                escalation=notice.escalation,
+                title=redact_text(notice.title),
+                body=redact_text(notice.body),
+                state=NoticeState.pending.value,
+                attempts=0,
+                created_at=now,
+                next_attempt_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=["task_uid", "key"])
+        )
+        with self._transaction() as connection:
+            return _wrote(connection, statement)
+
+    def claim_notice(self, notice: NoticeRecord, lease_until: datetime) -> bool:
+        """Take a due notice for one delivery attempt: counts the attempt and holds the
+        notice until `lease_until` (a deliverer that dies leaves it due again then).
+        False when another deliverer took it first."""
+        table = Notification.__table__.c
+        statement = (
+            update(Notification)
+            .where(
+                table.task_uid == notice.task_uid,
+                table.key == notice.key,
+                table.attempts == notice.attempts,
+                table.state == NoticeState.pending.value,
+            )
+            .values(attempts=notice.attempts + 1, next_attempt_at=lease_until)
+        )
+        with self._transaction() as connection:
+            return connection.execute(statement).rowcount > 0
+
+    def notice_delivered(self, notice: NoticeRecord) -> None:
+        self._settle_notice(notice, NoticeState.delivered, None, None)
+
+    def notice_failed(self, notice: NoticeRecord, error: str, retry_at: datetime | None) -> None:
+        """Record a failed attempt: tried again at `retry_at`, or (None) never again."""
+        state = NoticeState.pending if retry_at is not None else NoticeState.failed
+        self._settle_notice(notice, state, retry_at, error)
+
+    def _settle_notice(
+        self,
+        notice: NoticeRecord,
+        state: NoticeState,
+        retry_at: datetime | None,
+        error: str | None,
+    ) -> None:
+        table = Notification.__table__.c
+        delivered = datetime.now(UTC) if state == NoticeState.delivered else None
+        statement = (
+            update(Notification)
+            .where(table.task_uid == notice.task_uid, table.key == notice.key)
+            .values(
+                state=state.value,
+                next_attempt_at=retry_at,
+                delivered_at=delivered,
+                last_error=_text(error),
+            )
+        )
+        with self._transaction() as connection:
+            connection.execute(statement)
+
     # --- reads --------------------------------------------------------------
+
+    def due_notices(self, now: datetime, limit: int = 100) -> list[NoticeRecord]:
+        """Pending notices whose next attempt is due, oldest first."""
+        table = Notification.__table__
+        query = (
+            select(table)
+            .where(table.c.next_attempt_at <= now)
+            .order_by(table.c.next_attempt_at)
+            .limit(limit)
+        )
+        with self._transaction() as connection:
+            return _records(NoticeRecord, connection.execute(query))
+
+    def next_notice_at(self) -> datetime | None:
+        """When the next pending notice is due (None: none is pending)."""
+        table = Notification.__table__.c
+        query = select(func.min(table.next_attempt_at))
+        with self._transaction() as connection:
+            when: datetime | None = connection.execute(query).scalar()  # min keeps UTCDateTime
+        return when
+
+    def notices(self, task_uid: str) -> list[NoticeRecord]:
+        """A task's notices, in the order they were made."""
+        table = Notification.__table__
+        query = (
+            select(table)
+            .where(table.c.task_uid == task_uid)
+            .order_by(table.c.created_at, table.c.key)
+        )
+        with self._transaction() as connection:
+            return _records(NoticeRecord, connection.execute(query))
 
     def ping(self) -> None:
         """Raise StoreUnavailable unless the database answers now."""

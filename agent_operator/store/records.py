@@ -84,3 +84,22 @@ class EventRecord:
     message: str | None
     data: dict[str, Any] | None
     dedupe_key: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class NoticeRecord:
+    """A notice in the outbox (see `tables.Notification`)."""
+
+    task_uid: str
+    key: str
+    kind: str
+    channel: str
+    escalation: bool
+    title: str
+    body: str
+    state: str
+    attempts: int
+    created_at: datetime
+    next_attempt_at: datetime | None
+    delivered_at: datetime | None
+    last_error: str | None

@@ -149,3 +149,25 @@ class AuditEvent(Base):
     message: Mapped[str | None] = mapped_column(Text)
     data: Mapped[dict[str, Any] | None] = mapped_column(json_document())
     dedupe_key: Mapped[str | None] = mapped_column(String(255))
+
+
+class Notification(Base):
+    """The outbox of notices: written with the decision that made them, delivered from
+    here (`notifier.py`). `next_attempt_at` is when a pending one is next tried (a
+    delivery in flight holds it a lease ahead); a delivered or abandoned one has none."""
+
+    __tablename__ = "notifications"
+
+    task_uid: Mapped[str] = mapped_column(UID, task_uid_fk(), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    channel: Mapped[str] = mapped_column(String(300))
+    escalation: Mapped[bool] = mapped_column(Boolean)
+    title: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)

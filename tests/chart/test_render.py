@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from agent_operator import __main__ as operator_main
 from agent_operator.api import AgentPool
+from agent_operator.core.notify import DEFAULT_CHANNEL, NotifyPolicy
 from agent_operator.kube import settings as settings_module
 from agent_operator.kube.manifests import restricted_violations
 from agent_operator.kube.settings import LogFormat, OperatorSettings
@@ -81,6 +83,14 @@ VALUE_SETS: dict[str, Obj] = {
         "healthPort": 0,
     },
     "no-mutating-policies": {"admission": {"mutatingPolicies": False}},
+    "notifications": {
+        "notifications": {
+            "existingSecret": "approvers",
+            "remindEverySeconds": 900,
+            "escalateAfterSeconds": 3600,
+            "taskFinished": True,
+        }
+    },
 }
 
 OPERATOR_RULES = {
@@ -366,6 +376,24 @@ def test_settings_come_through_as_the_values_say(rendered: dict[str, Rendered]) 
     assert default.peering_lifetime_seconds == 10
     minimal = OperatorSettings.from_env(operator_env(rendered["minimal"]))
     assert (minimal.metrics_port, minimal.health_port) == (0, 0)
+
+
+def test_the_notification_secret_is_mounted_where_the_operator_reads_it(
+    rendered: dict[str, Rendered],
+) -> None:
+    assert OperatorSettings.from_env(operator_env(rendered["defaults"])).notify_defaults() is None
+    out = rendered["notifications"]
+    settings = OperatorSettings.from_env(operator_env(out))
+    assert settings.notify_defaults() == NotifyPolicy(
+        DEFAULT_CHANNEL, timedelta(seconds=900), timedelta(seconds=3600), task_finished=True
+    )
+    pod = out.one("Deployment")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mount = next(
+        m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == settings.notify_dir
+    )
+    assert mount["readOnly"] is True
+    assert volumes[mount["name"]]["secret"] == {"secretName": "approvers"}
 
 
 def test_one_replica_recreates_and_more_replicas_peer(rendered: dict[str, Rendered]) -> None:

@@ -98,6 +98,7 @@ class World:
                     ApprovalPhase.pending,
                     action.expires_at,
                     params_digest=action.digest,
+                    requested_at=self.now,
                 )
             elif isinstance(action, ExpireApproval):
                 view = self.approvals[action.step_id]

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,10 @@ class RefusingEmulator(KubernetesEmulator):
                 refusal.refused.append(request)
         if refusal is not None:
             raise KubernetesError(status=refusal.status, reason="Refused", message="injected")
+        if request.action == action.CREATE and isinstance(request.data, dict):
+            # As the API server does (reminders count from it); kmock leaves it out.
+            now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            request.data.setdefault("metadata", {}).setdefault("creationTimestamp", now)
         return await super()._handle(request)
 
 

@@ -19,6 +19,7 @@ from sqlalchemy import Connection, create_engine, inspect, make_url, text
 from agent_contract import Usage
 from agent_operator.api import StepPhase, TaskPhase
 from agent_operator.core.decide import RunState, StepRun
+from agent_operator.core.notify import Notice, NoticeKind
 from agent_operator.redact import REDACTED
 from agent_operator.store import (
     EventKind,
@@ -58,6 +59,7 @@ def test_migrations_create_the_schema_the_models_describe(store: Store, raw: Con
         "step_attempts",
         "checkpoints",
         "events",
+        "notifications",
         "alembic_version",
     }
     assert compare_metadata(MigrationContext.configure(raw), Base.metadata) == []
@@ -68,7 +70,7 @@ def test_opening_twice_migrates_once_and_shares_the_data(
 ) -> None:
     with Store.open(store_dsn) as again:
         assert again.task(task) == store.task(task)
-    assert raw.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0003"]
+    assert raw.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0004"]
 
 
 def test_opening_logs_where_but_not_the_password(
@@ -106,7 +108,7 @@ def test_processes_opening_an_empty_database_at_once_all_succeed(
     # Separate processes, like operator replicas: only the database's own lock can order them.
     with multiprocessing.get_context("fork").Pool(3) as pool:
         assert pool.map(_open_and_close, [store_dsn] * 3) == [None, None, None]
-    assert raw.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0003"]
+    assert raw.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0004"]
 
 
 def test_threads_opening_at_once_all_succeed(store_dsn: str) -> None:
@@ -410,6 +412,11 @@ def test_no_secret_reaches_any_row(store: Store, raw: Connection) -> None:
     store.append_event(
         UID, EventKind.step_failed, step_id="q", message=f"token: {SECRET}", data={"token": SECRET}
     )
+    notice = Notice(
+        "requested/q", NoticeKind.approval_requested, "default", False, f"token={SECRET}", dsn
+    )
+    store.enqueue_notice(UID, notice)
+    store.notice_failed(store.notices(UID)[0], f"refused: password={SECRET}", None)
 
     dumped = []
     for table in Base.metadata.sorted_tables:
